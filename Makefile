@@ -1,0 +1,22 @@
+# Fresh machine: `make run` (set up + main job), `make test` (set up + tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+PYTEST_ARGS ?=
+
+.PHONY: setup run test profile
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m mobilenet_jax.profile --model=mobilenet_v2
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,131 @@
+"""Building layers shared by every MobileNet: activations, rounding, conv + BN, SE.
+
+Conventions follow the authors' TensorFlow references (TF-slim, Keras
+Applications): NHWC, 'SAME' padding, BatchNorm epsilon 1e-3.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mobilenet_jax import depthwise
+
+Activation = Callable[[jax.Array], jax.Array]
+
+
+def relu6(x):
+  """min(max(x, 0), 6), MobileNet V1/V2's activation."""
+  return jnp.minimum(jnp.maximum(x, 0), 6)
+
+
+def hard_sigmoid(x):
+  """relu6(x + 3) / 6: V3 paper, section 5.2, the piecewise-linear sigmoid."""
+  return relu6(x + 3) / 6
+
+
+def hard_swish(x):
+  """x * relu6(x + 3) / 6: V3 paper, equation (2)."""
+  return x * hard_sigmoid(x)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    'relu': nn.relu,
+    'relu6': relu6,
+    'hard_swish': hard_swish,
+    'identity': lambda x: x,
+}
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+  """Rounds a channel count to a multiple of `divisor`, never losing over 10%.
+
+  The rounding of the V2/V3 reference code (TF-slim `_make_divisible`):
+  round to the nearest multiple, at least `divisor`, plus one `divisor` if
+  that fell below 0.9 * value.
+  """
+  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * value:
+    rounded += divisor
+  return rounded
+
+
+class DepthwiseConv(nn.Module):
+  """A k x k depthwise convolution: one filter per channel, no bias.
+
+  The kernel has Flax's grouped-conv shape (k, k, 1, C). Every depthwise
+  convolution of every model goes through this one layer, so `impl` selects
+  its implementation everywhere at once (see `mobilenet_jax.depthwise`).
+  """
+  kernel_size: int
+  strides: int = 1
+  impl: str = 'grouped'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    kernel = self.param(
+        'kernel',
+        nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal'),
+        (self.kernel_size, self.kernel_size, 1, channels),
+        self.param_dtype,
+    )
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return depthwise.depthwise_conv(x, kernel, self.strides, self.impl)
+
+
+class ConvBN(nn.Module):
+  """Convolution (no bias) -> BatchNorm -> activation.
+
+  `depthwise=True` makes the convolution a `DepthwiseConv` (output channels =
+  input channels, `features` ignored).
+  """
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  activation: str = 'relu'
+  depthwise: bool = False
+  depthwise_impl: str = 'grouped'
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.depthwise:
+      x = DepthwiseConv(self.kernel_size, self.strides, self.depthwise_impl,
+                        dtype=self.dtype, name='conv')(x)
+    else:
+      x = nn.Conv(
+          self.features, (self.kernel_size, self.kernel_size),
+          strides=self.strides, padding='SAME', use_bias=False,
+          kernel_init=nn.initializers.variance_scaling(
+              2.0, 'fan_out', 'truncated_normal'),
+          dtype=self.dtype, name='conv')(x)
+    x = nn.BatchNorm(
+        use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
+    return ACTIVATIONS[self.activation](x)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-excitation as in MobileNetV3 (paper section 5.3, figure 4).
+
+  Global average pool -> 1x1 conv to `squeeze_features` (bias) -> ReLU ->
+  1x1 conv back to the input width (bias) -> hard-sigmoid gate -> rescale.
+  """
+  squeeze_features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.Conv(self.squeeze_features, (1, 1), dtype=self.dtype,
+                name='reduce')(s)
+    s = nn.relu(s)
+    s = nn.Conv(channels, (1, 1), dtype=self.dtype, name='expand')(s)
+    return x * hard_sigmoid(s)

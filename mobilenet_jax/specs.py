@@ -1,0 +1,196 @@
+"""The papers' architecture tables, as data: one row here is one row there.
+
+Widths and expansion sizes are the papers' alpha = 1.0 figures; the builder in
+`models.py` applies the width multiplier, expansion factor and rounding.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+  """A full convolution -> BN -> activation ('conv2d' / 'Conv' rows).
+
+  width: how alpha applies to `out`:
+    'scaled'     rounded like every other layer of the family;
+    'fixed'      never scaled (V3's 16-channel stem, as in Keras Applications);
+    'not_shrunk' scaled only for alpha > 1 (V2's 1280 last conv);
+    'relative'   out / (paper input width) times the actual input width, like
+                 an expansion size (V3's last 1x1 conv, `6 x input` in Keras).
+  """
+  kernel: int
+  out: int
+  stride: int
+  activation: str
+  width: str = 'scaled'
+
+
+@dataclasses.dataclass(frozen=True)
+class Separable:
+  """V1's 'Conv dw / s' + 'Conv / s1 (1x1)' pair of rows, `repeat` times."""
+  out: int
+  stride: int
+  repeat: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Bottleneck:
+  """V2 table 2 row (t, c, n, s): `repeat` inverted residuals expanding by t,
+  the first with stride s."""
+  t: float
+  out: int
+  repeat: int
+  stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Bneck:
+  """V3 tables 1/2 row: input, operator (kernel), exp size, #out, SE, NL, s."""
+  kernel: int
+  exp: int
+  out: int
+  se: bool
+  activation: str
+  stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """What follows global pooling. `features`: V3's 1x1 conv without BN
+  (applied to a 1x1 map, so a Dense), not shrunk for alpha < 1."""
+  features: int | None = None
+  activation: str = 'identity'
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """A paper table plus the family's width rounding ('int' for V1: int(alpha
+  * c); 'divisible' for V2/V3: make_divisible(alpha * c, 8)), its BatchNorm
+  decay and the row kind that carries the expansion factor."""
+  rows: tuple
+  head: Head
+  rounding: str
+  bn_momentum: float
+  has_expansion: bool
+
+
+# MobileNet V1, paper table 1. The activation is ReLU6 as in the reference
+# implementations (TF-slim, Keras); the paper's figure 3 says ReLU. The table's
+# last 'Conv dw / s2' keeps the 7x7 map, so its stride is 1 (a typo in the
+# paper, stride 1 in every reference implementation).
+MOBILENET_V1 = Architecture(
+    rows=(
+        Conv(3, 32, 2, 'relu6'),
+        Separable(64, 1),
+        Separable(128, 2),
+        Separable(128, 1),
+        Separable(256, 2),
+        Separable(256, 1),
+        Separable(512, 2),
+        Separable(512, 1, repeat=5),
+        Separable(1024, 2),
+        Separable(1024, 1),
+    ),
+    head=Head(),
+    rounding='int',
+    bn_momentum=0.99,
+    has_expansion=False,
+)
+
+# MobileNet V2, paper table 2 (t, c, n, s). The final classifier row
+# 'conv2d 1x1, k' is the Head's classifier.
+MOBILENET_V2 = Architecture(
+    rows=(
+        Conv(3, 32, 2, 'relu6'),
+        Bottleneck(1, 16, 1, 1),
+        Bottleneck(6, 24, 2, 2),
+        Bottleneck(6, 32, 3, 2),
+        Bottleneck(6, 64, 4, 2),
+        Bottleneck(6, 96, 3, 1),
+        Bottleneck(6, 160, 3, 2),
+        Bottleneck(6, 320, 1, 1),
+        Conv(1, 1280, 1, 'relu6', width='not_shrunk'),
+    ),
+    head=Head(),
+    rounding='divisible',
+    bn_momentum=0.999,
+    has_expansion=True,
+)
+
+_RE, _HS = 'relu', 'hard_swish'
+
+# MobileNetV3-Large, paper table 1.
+MOBILENET_V3_LARGE = Architecture(
+    rows=(
+        Conv(3, 16, 2, _HS, width='fixed'),
+        Bneck(3, 16, 16, False, _RE, 1),
+        Bneck(3, 64, 24, False, _RE, 2),
+        Bneck(3, 72, 24, False, _RE, 1),
+        Bneck(5, 72, 40, True, _RE, 2),
+        Bneck(5, 120, 40, True, _RE, 1),
+        Bneck(5, 120, 40, True, _RE, 1),
+        Bneck(3, 240, 80, False, _HS, 2),
+        Bneck(3, 200, 80, False, _HS, 1),
+        Bneck(3, 184, 80, False, _HS, 1),
+        Bneck(3, 184, 80, False, _HS, 1),
+        Bneck(3, 480, 112, True, _HS, 1),
+        Bneck(3, 672, 112, True, _HS, 1),
+        Bneck(5, 672, 160, True, _HS, 2),
+        Bneck(5, 960, 160, True, _HS, 1),
+        Bneck(5, 960, 160, True, _HS, 1),
+        Conv(1, 960, 1, _HS, width='relative'),
+    ),
+    head=Head(1280, _HS),
+    rounding='divisible',
+    bn_momentum=0.999,
+    has_expansion=True,
+)
+
+# MobileNetV3-Small, paper table 2. The table marks SE on the last 1x1 conv;
+# the authors' released models (TF-slim, Keras) have none there, and neither
+# do we (that is what gives the published 2.54M parameters).
+MOBILENET_V3_SMALL = Architecture(
+    rows=(
+        Conv(3, 16, 2, _HS, width='fixed'),
+        Bneck(3, 16, 16, True, _RE, 2),
+        Bneck(3, 72, 24, False, _RE, 2),
+        Bneck(3, 88, 24, False, _RE, 1),
+        Bneck(5, 96, 40, True, _HS, 2),
+        Bneck(5, 240, 40, True, _HS, 1),
+        Bneck(5, 240, 40, True, _HS, 1),
+        Bneck(5, 120, 48, True, _HS, 1),
+        Bneck(5, 144, 48, True, _HS, 1),
+        Bneck(5, 288, 96, True, _HS, 2),
+        Bneck(5, 576, 96, True, _HS, 1),
+        Bneck(5, 576, 96, True, _HS, 1),
+        Conv(1, 576, 1, _HS, width='relative'),
+    ),
+    head=Head(1024, _HS),
+    rounding='divisible',
+    bn_momentum=0.999,
+    has_expansion=True,
+)
+
+
+def standard_convolutions(arch: Architecture) -> Architecture:
+  """V1 paper table 4's baseline: each depthwise-separable pair replaced by
+  one full 3x3 convolution with the same output width and stride."""
+  rows = []
+  for row in arch.rows:
+    if isinstance(row, Separable):
+      rows += [Conv(3, row.out, row.stride, 'relu6')] * row.repeat
+    else:
+      rows.append(row)
+  return dataclasses.replace(arch, rows=tuple(rows))
+
+
+def minimalistic(arch: Architecture) -> Architecture:
+  """V3 'minimalistic' models (the authors' TF-slim/Keras variants): no SE,
+  no hard-swish, 3x3 kernels only."""
+  def simplify(row):
+    if isinstance(row, Bneck):
+      return dataclasses.replace(row, kernel=3, se=False, activation='relu')
+    return dataclasses.replace(row, activation='relu')
+  return dataclasses.replace(
+      arch, rows=tuple(simplify(r) for r in arch.rows),
+      head=dataclasses.replace(arch.head, activation='relu'))
