@@ -1,0 +1,281 @@
+"""Optimizers, learning-rate schedules, weight-decay masks, EMA and the loss.
+
+Everything is driven by the `optim` ConfigDict; start from
+`default_optim_config()` and override. Fields (default in brackets):
+
+  name             ['rmsprop_tf'] 'sgd' | 'rmsprop_tf' | 'adamw'.
+  learning_rate    [0.016] peak learning rate for the GLOBAL batch (the config
+                   file applies any batch-size scaling rule; 0.016 is the
+                   recipe's value for a global batch of 256).
+  schedule         ['exponential'] 'cosine' | 'exponential' | 'constant'.
+  warmup_steps     [0] linear warm-up from 0 to `learning_rate` (in steps).
+  weight_decay     [1e-5] sgd / rmsprop_tf: coupled L2, grad += wd * param
+                   (TF recipes' `wd * sum(tf.nn.l2_loss(w))`; Keras'
+                   `regularizers.l2(c)` is wd = 2c). adamw: decoupled,
+                   param -= lr * wd * param (optax.adamw).
+  decay_depthwise  [False] also decay depthwise kernels (see
+                   `weight_decay_mask`); BN scale/bias and biases never.
+  label_smoothing  [0.1] in [0, 1).
+  ema_decay        [0.9999] EMA of params and batch_stats, in [0, 1);
+                   0 disables (the training loop applies `ema_update` with
+                   the warmed-up `ema_decay_at(step, ema_decay)`).
+  momentum         [0.9] sgd momentum / rmsprop_tf momentum; 0 disables.
+  nesterov         [True] Nesterov momentum (sgd only).
+  decay_rate       [0.97] exponential: lr * decay_rate ** floor(step / n) ...
+  decay_epochs     [2.4] ... with n = int(decay_epochs * steps_per_epoch).
+  rmsprop_decay    [0.9] rmsprop_tf: decay of the squared-gradient average.
+  rmsprop_epsilon  [0.002] rmsprop_tf: epsilon inside the square root (TF
+                   Model Garden's MobileNet recipes; the MnasNet/EfficientNet
+                   TPU recipes use 0.001).
+  adam_b1          [0.9] adamw first-moment decay.
+  adam_b2          [0.999] adamw second-moment decay.
+  adam_epsilon     [1e-8] adamw epsilon.
+  grad_clip_norm   [0.0] clip the loss gradient to this global norm; 0 or
+                   None disables.
+
+The defaults follow the TensorFlow TPU recipes for mobile ImageNet models:
+MobileNetV3 paper section 6.1 (TF RMSProp with momentum 0.9, l2 weight decay
+1e-5, EMA 0.9999) and the MnasNet / EfficientNet TPU code it comes from
+(RMSProp decay 0.9, lr 0.016 per 256 images decayed by 0.97 every 2.4 epochs,
+label smoothing 0.1).
+"""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+OPTIMIZERS = ('adamw', 'rmsprop_tf', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'exponential')
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+  """Every `optim` field at its default (see the module docstring)."""
+  return ml_collections.ConfigDict(dict(
+      name='rmsprop_tf',
+      learning_rate=0.016,
+      schedule='exponential',
+      warmup_steps=0,
+      weight_decay=1e-5,
+      decay_depthwise=False,
+      label_smoothing=0.1,
+      ema_decay=0.9999,
+      momentum=0.9,
+      nesterov=True,
+      decay_rate=0.97,
+      decay_epochs=2.4,
+      rmsprop_decay=0.9,
+      rmsprop_epsilon=0.002,
+      adam_b1=0.9,
+      adam_b2=0.999,
+      adam_epsilon=1e-8,
+      grad_clip_norm=0.0,
+  ))
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral)  # numpy integers included
+
+
+def _check_unit_interval(name: str, value) -> None:
+  if not 0 <= value < 1:
+    raise ValueError(f'{name} must be in [0, 1), got {value!r}')
+
+
+def check_optim_config(optim_config) -> None:
+  """Raises ValueError naming the first invalid `optim` field."""
+  c = optim_config
+  if c.name not in OPTIMIZERS:
+    raise ValueError(
+        f'optim.name must be one of {list(OPTIMIZERS)}, got {c.name!r}')
+  if c.schedule not in SCHEDULES:
+    raise ValueError(
+        f'optim.schedule must be one of {list(SCHEDULES)}, got {c.schedule!r}')
+  for field in ('learning_rate', 'weight_decay'):
+    if not getattr(c, field) >= 0:
+      raise ValueError(f'optim.{field} must be >= 0, got {getattr(c, field)!r}')
+  if not (_is_int(c.warmup_steps) and c.warmup_steps >= 0):
+    raise ValueError(
+        f'optim.warmup_steps must be an int >= 0, got {c.warmup_steps!r}')
+  for field in ('label_smoothing', 'ema_decay', 'momentum', 'rmsprop_decay',
+                'adam_b1', 'adam_b2'):
+    _check_unit_interval(f'optim.{field}', getattr(c, field))
+  for field in ('decay_rate', 'decay_epochs', 'rmsprop_epsilon',
+                'adam_epsilon'):
+    if not getattr(c, field) > 0:
+      raise ValueError(f'optim.{field} must be > 0, got {getattr(c, field)!r}')
+  if c.grad_clip_norm is not None and not c.grad_clip_norm >= 0:
+    raise ValueError(
+        f'optim.grad_clip_norm must be >= 0 or None, got {c.grad_clip_norm!r}')
+
+
+def _with_warmup(schedule: optax.Schedule, peak: float,
+                 warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 over `warmup_steps`, then `schedule(step)` of the
+  global step (TF TPU recipes: the decay does not restart after warm-up)."""
+  if warmup_steps == 0:
+    return schedule
+
+  def warmed_up(step):
+    return jnp.where(step < warmup_steps, peak * step / warmup_steps,
+                     schedule(step))
+  return warmed_up
+
+
+def create_learning_rate_schedule(optim_config, num_train_steps: int,
+                                  steps_per_epoch: int | None = None
+                                  ) -> optax.Schedule:
+  """The learning rate as a function of the step (0-based).
+
+  All schedules warm up linearly, lr * step / warmup_steps, then:
+    cosine:      lr * (1 + cos(pi * (step - w) / (T - w))) / 2, 0 from step
+                 T = num_train_steps on (Loshchilov & Hutter, SGDR, eq. 5
+                 without restarts); the cosine starts after the warm-up.
+    exponential: lr * decay_rate ** floor(step / n), n = int(decay_epochs *
+                 steps_per_epoch) (staircase: the papers' step decay every
+                 few epochs), counted from step 0, not from the end of the
+                 warm-up, as TF's `exponential_decay(global_step)` is.
+    constant:    lr.
+  """
+  check_optim_config(optim_config)
+  if not (_is_int(num_train_steps) and num_train_steps > 0):
+    raise ValueError(
+        f'num_train_steps must be a positive int, got {num_train_steps!r}')
+  lr, warmup = optim_config.learning_rate, optim_config.warmup_steps
+  if warmup >= num_train_steps:
+    raise ValueError(f'optim.warmup_steps must be < num_train_steps '
+                     f'({num_train_steps}), got {warmup}')
+  if optim_config.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup,
+        decay_steps=num_train_steps, end_value=0.0)
+  if optim_config.schedule == 'exponential':
+    if not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
+      raise ValueError('steps_per_epoch must be a positive int for '
+                       f"optim.schedule='exponential', got {steps_per_epoch!r}")
+    decay_steps = max(1, int(optim_config.decay_epochs * steps_per_epoch))
+    decay = optax.exponential_decay(
+        init_value=lr, transition_steps=decay_steps,
+        decay_rate=optim_config.decay_rate, staircase=True)
+    return _with_warmup(decay, lr, warmup)
+  return _with_warmup(optax.constant_schedule(lr), lr, warmup)
+
+
+def _is_kernel(path, leaf) -> bool:
+  return getattr(path[-1], 'key', None) == 'kernel' and len(leaf.shape) >= 2
+
+
+def _is_depthwise_kernel(path, leaf) -> bool:
+  """A (k, k, 1, C) kernel: `layers.DepthwiseConv`'s grouped-conv shape.
+
+  A full convolution with one input channel (a grayscale stem) has the same
+  shape and is treated as depthwise too.
+  """
+  return _is_kernel(path, leaf) and len(leaf.shape) == 4 and leaf.shape[2] == 1
+
+
+def weight_decay_mask(params, *, decay_depthwise: bool):
+  """True for the leaves weight decay applies to: conv and dense kernels.
+
+  Never BatchNorm scale/bias or biases; depthwise kernels only with
+  `decay_depthwise` (MobileNet V1 paper, section 3.2: very little or no weight
+  decay on the depthwise filters, which have so few parameters). Kernels are
+  the leaves named 'kernel' with 2 or more dimensions. `params` may be arrays
+  or ShapeDtypeStructs.
+  """
+  def decays(path, leaf):
+    if decay_depthwise:
+      return _is_kernel(path, leaf)
+    return _is_kernel(path, leaf) and not _is_depthwise_kernel(path, leaf)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def create_optimizer(optim_config, num_train_steps: int, params, *,
+                     steps_per_epoch: int | None = None, trainable_mask=None
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax optimizer of `optim_config` and its learning-rate schedule.
+
+  Order per step: clip the loss gradient (`grad_clip_norm`), add the coupled
+  L2 term (sgd, rmsprop_tf), then the optimizer's update.
+
+    sgd:        v = momentum * v + g; update = -lr * (g + momentum * v) with
+                nesterov, else -lr * v (optax.sgd).
+    rmsprop_tf: TensorFlow's RMSProp (tf.compat.v1.train.RMSPropOptimizer,
+                the MobileNet TPU recipes): ms = rho * ms + (1 - rho) * g^2
+                with ms initialised to 1, mom = momentum * mom +
+                lr * g / sqrt(ms + eps) (epsilon inside the square root,
+                learning rate inside the momentum), update = -mom.
+    adamw:      optax.adamw with the weight-decay mask.
+
+  Args:
+    optim_config: the `optim` ConfigDict (see the module docstring).
+    num_train_steps: total number of training steps.
+    params: the parameter pytree (arrays or ShapeDtypeStructs), for the masks.
+    steps_per_epoch: needed by the exponential schedule.
+    trainable_mask: optional pytree of bools like `params`; False leaves are
+      frozen: their updates are zero and they get no optimizer state.
+  """
+  schedule = create_learning_rate_schedule(optim_config, num_train_steps,
+                                           steps_per_epoch)
+  c = optim_config
+  decay_mask = weight_decay_mask(params, decay_depthwise=c.decay_depthwise)
+  momentum = c.momentum or None
+  if c.name == 'sgd':
+    tx = optax.sgd(schedule, momentum=momentum, nesterov=c.nesterov)
+  elif c.name == 'rmsprop_tf':
+    tx = optax.rmsprop(schedule, decay=c.rmsprop_decay, eps=c.rmsprop_epsilon,
+                       initial_scale=1.0, eps_in_sqrt=True, momentum=momentum)
+  else:
+    tx = optax.adamw(schedule, b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_epsilon,
+                     weight_decay=c.weight_decay, mask=decay_mask)
+  if c.name != 'adamw' and c.weight_decay > 0:
+    tx = optax.chain(optax.add_decayed_weights(c.weight_decay, decay_mask), tx)
+  if c.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), tx)
+  if trainable_mask is not None:
+    labels = jax.tree.map(lambda t: 'trainable' if t else 'frozen',
+                          trainable_mask)
+    tx = optax.multi_transform(
+        {'trainable': tx, 'frozen': optax.set_to_zero()}, labels)
+  return tx, schedule
+
+
+def ema_decay_at(step, decay: float, warmup: bool = True):
+  """The EMA decay at `step` (0-based count of updates so far).
+
+  With `warmup`, TF's `ExponentialMovingAverage(num_updates=step)`:
+  min(decay, (1 + step) / (10 + step)), so early averages are not dominated
+  by the random initialisation. Traceable (step may be a jax array).
+  """
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_params, params, decay):
+  """ema = decay * ema + (1 - decay) * params, leaf by leaf (params or
+  batch_stats); keeps the EMA's dtypes."""
+  return jax.tree.map(
+      lambda e, p: (decay * e + (1 - decay) * p).astype(e.dtype),
+      ema_params, params)
+
+
+def cross_entropy_loss(logits, labels, num_classes: int,
+                       label_smoothing: float = 0.0):
+  """Mean softmax cross entropy against smoothed one-hot targets, float32.
+
+  Targets (1 - eps) * onehot(y) + eps / K (Szegedy et al., Rethinking the
+  Inception Architecture, section 7), so per example
+  -(1 - eps) * log p_y - eps / K * sum_k log p_k.
+  """
+  _check_unit_interval('label_smoothing', label_smoothing)
+  if logits.shape[-1] != num_classes:
+    raise ValueError(f'logits must have num_classes={num_classes} columns, '
+                     f'got shape {logits.shape}')
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes),
+                                label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32),
+                                              targets))
