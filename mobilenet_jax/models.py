@@ -211,17 +211,20 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
   if depthwise_impl not in DEPTHWISE_IMPLS:
     raise ValueError(f'depthwise_impl must be one of {sorted(DEPTHWISE_IMPLS)},'
                      f' got {depthwise_impl!r}')
-  dtype = jnp.dtype(dtype)
-  if dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+  try:
+    compute_dtype = jnp.dtype(dtype)
+  except TypeError:  # not a dtype at all, e.g. 'bf16'
+    compute_dtype = None
+  if compute_dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
     raise ValueError(
-        f'dtype must be float32, bfloat16 or float16, got {dtype.name}')
+        f'dtype must be float32, bfloat16 or float16, got {dtype!r}')
   return MobileNet(
       plan=plan_layers(arch, alpha, expansion), head=arch.head, alpha=alpha,
       num_classes=num_classes, dropout_rate=dropout_rate,
       include_top=include_top, features_only=features_only,
       depthwise_impl=depthwise_impl,
       bn_momentum=arch.bn_momentum if bn_momentum is None else bn_momentum,
-      bn_epsilon=bn_epsilon, dtype=dtype)
+      bn_epsilon=bn_epsilon, dtype=compute_dtype)
 
 
 def input_resolution(rho: float = 1.0, base_resolution: int = 224) -> int:

@@ -1,0 +1,22 @@
+"""Hardware override for TPU VMs: takes a recipe and changes only what the
+hardware decides (bfloat16 compute, the native grouped depthwise conv).
+
+  python -m mobilenet_jax.main --workdir=gs://BUCKET/runs/v2 \
+      --config=configs/tpu.py:recipe=imagenet_mobilenet_v2,alpha=0.75
+
+`recipe=` comes first; the remaining arguments go to the recipe.
+"""
+
+import importlib
+
+
+def get_config(arg='recipe=imagenet_mobilenet_v2'):
+  recipe, _, rest = arg.partition(',')
+  key, _, name = recipe.partition('=')
+  if key != 'recipe' or not name:
+    raise ValueError('configs/tpu.py needs recipe=<config module> first, e.g. '
+                     'recipe=imagenet_mobilenet_v2')
+  config = importlib.import_module(f'configs.{name}').get_config(rest or None)
+  config.model.dtype = 'bfloat16'
+  config.model.depthwise_impl = 'grouped'
+  return config

@@ -1,0 +1,80 @@
+"""Workdir layout and orbax checkpoints: resume, preemption, transfer.
+
+  WORKDIR/config.json        the resolved config (evaluation and resume need
+                             nothing but --workdir)
+  WORKDIR/checkpoints/<step> orbax checkpoints of the whole TrainState
+  WORKDIR/eval/step_<N>.json evaluation results (see evaluate.py)
+  WORKDIR/metrics.jsonl      training metrics, one JSON object per log step
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+CONFIG_FILE = 'config.json'
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + '\n')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise ValueError(f'workdir has no {CONFIG_FILE}: {workdir!r} is not a '
+                     'training workdir')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def create_manager(workdir: str, keep: int | None = None,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager over WORKDIR/checkpoints, saving asynchronously, keeping the
+  `keep` newest (all if None)."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(
+      epath.Path(workdir) / CHECKPOINT_SUBDIR, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state) -> None:
+  manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Restores into `abstract_state`'s structure and shardings, so a
+  checkpoint saved on N devices restores on M."""
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def checkpoint_path(workdir: str, step: int) -> str:
+  return os.fspath(epath.Path(workdir) / CHECKPOINT_SUBDIR / str(step))
+
+
+def load_pretrained(init_from: str) -> dict:
+  """{'params', 'batch_stats'} from a converted Keras model (convert.py's
+  output folder) or a training workdir (its latest checkpoint)."""
+  # Imported here: it imports Keras, which training needs only for this.
+  from mobilenet_jax import convert  # pylint: disable=g-import-not-at-top
+  path = epath.Path(init_from)
+  if (path / convert.MODEL_FILE).exists():
+    _, variables = convert.load_converted(init_from)
+    return variables
+  manager = create_manager(init_from, read_only=True)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f'init_from must be a converted model or a workdir with '
+                     f'checkpoints; found neither at {init_from!r}')
+  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  return {'params': restored['params'],
+          'batch_stats': restored['batch_stats']}

@@ -1,0 +1,44 @@
+"""Trains a MobileNet: a thin entry point around `train.train_and_evaluate`.
+
+  python -m mobilenet_jax.main --config=configs/default.py --workdir=DIR \
+      [--config.model.alpha=0.5 ...]
+
+Re-running the same command on the same workdir resumes from its latest
+checkpoint. Multi-host: on TPU VM pod slices jax.distributed is auto-detected;
+elsewhere pass --coordinator_address, --num_processes and --process_id.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mobilenet_jax import parallel
+from mobilenet_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and eval '
+                    'results go (local or gs://).')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+flags.DEFINE_integer('process_id', None, 'This process index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  parallel.initialize_distributed(FLAGS.coordinator_address,
+                                  FLAGS.num_processes, FLAGS.process_id)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,263 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One jit-compiled `train_step` over a mesh of every device (batch split over
+`data`, state replicated and donated); host-local input slices become global
+arrays; metrics are fetched only at log steps; orbax checkpoints make a
+re-run of the same command resume where it stopped (SIGTERM saves and exits).
+"""
+
+import functools
+import signal
+import threading
+import time
+
+from absl import logging
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mobilenet_jax import checkpoint
+from mobilenet_jax import data
+from mobilenet_jax import evaluate
+from mobilenet_jax import models
+from mobilenet_jax import optim
+from mobilenet_jax import parallel
+from mobilenet_jax import state as state_lib
+from mobilenet_jax import writers
+
+
+def train_step(state: state_lib.TrainState, batch: dict, *, model, tx,
+               schedule, num_classes: int, label_smoothing: float,
+               ema_decay: float, frozen_backbone: bool):
+  """One SGD step on a global batch; returns the new state and metrics.
+
+  With a frozen backbone the model runs in inference mode (BatchNorm uses
+  and keeps its running statistics), so only the top layers change.
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  variables = {'batch_stats': state.batch_stats}
+
+  def loss_fn(params):
+    if frozen_backbone:
+      logits = model.apply({'params': params, **variables}, batch['image'],
+                           train=False)
+      batch_stats = state.batch_stats
+    else:
+      logits, updates = model.apply(
+          {'params': params, **variables}, batch['image'], train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      batch_stats = updates['batch_stats']
+    loss = optim.cross_entropy_loss(logits, batch['label'], num_classes,
+                                    label_smoothing)
+    return loss, (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+  if ema_params is not None:
+    decay = optim.ema_decay_at(state.step, ema_decay)
+    ema_params = optim.ema_update(ema_params, params, decay)
+    ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats,
+      opt_state=opt_state, ema_params=ema_params,
+      ema_batch_stats=ema_batch_stats)
+  metrics = {
+      'loss': loss,
+      'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'learning_rate': schedule(state.step),
+  }
+  return new_state, metrics
+
+
+def resolve_config(config: ml_collections.ConfigDict,
+                   info: data.DatasetInfo) -> ml_collections.ConfigDict:
+  """Checks the config and fills in what follows from it and the data:
+  `steps_per_epoch`, `num_train_steps` (from `num_epochs` if not set) and
+  `eval_batch_size` (the batch size if not set). Fails before compiling."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  parallel.check_batch_size(config.batch_size, 'batch_size')
+  if not config.get('eval_batch_size'):
+    config.eval_batch_size = config.batch_size
+  parallel.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  train_examples = info.num_examples[config.data.train_split]
+  config.steps_per_epoch = max(1, train_examples // config.batch_size)
+  if config.get('num_train_steps', 0) <= 0:
+    if config.get('num_epochs', 0) <= 0:
+      raise ValueError('set num_train_steps or num_epochs (> 0)')
+    config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
+  for field in ('log_every_steps', 'eval_every_steps',
+                'checkpoint_every_steps'):
+    if config[field] < 0:
+      raise ValueError(f'{field} must be >= 0 (0 = only at the end), got '
+                       f'{config[field]}')
+  if config.freeze_backbone and not config.init_from:
+    raise ValueError('freeze_backbone needs init_from (a checkpoint to '
+                     'start the frozen backbone from)')
+  return config
+
+
+def _transfer(pretrained: dict, fresh: dict) -> dict:
+  """Pretrained variables where shapes agree; the fresh initialisation
+  elsewhere (a new classifier for a different num_classes)."""
+  flat_new = traverse_util.flatten_dict(fresh)
+  flat_old = traverse_util.flatten_dict(pretrained)
+  missing = [k for k in flat_new if k not in flat_old]
+  if missing:
+    raise ValueError(f'init_from lacks {len(missing)} variables of this model '
+                     f'(first: {"/".join(missing[0])}); is model.name right?')
+  merged = {}
+  for key, value in flat_new.items():
+    old = flat_old[key]
+    if old.shape == value.shape:
+      value = jnp.asarray(old, value.dtype)
+    else:
+      logging.info('init_from: new %s %s (pretrained %s)', '/'.join(key),
+                   value.shape, old.shape)
+    merged[key] = value
+  return traverse_util.unflatten_dict(merged)
+
+
+class _Preemption:
+  """Remembers a SIGTERM (a preempted VM) until the loop can act on it."""
+
+  def __init__(self):
+    self.requested = False
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    else:
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint and exiting')
+    self.requested = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`; returns the final evaluation result
+  (also written to WORKDIR/eval/step_<N>.json). Returns early with
+  {'preempted': True, 'step': N} after a SIGTERM."""
+  info = data.get_dataset_info(config.data)
+  config = resolve_config(config, info)
+  resolution = models.input_resolution(config.data.rho,
+                                       config.data.base_resolution)
+  mesh = parallel.create_mesh()
+  model = state_lib.model_from_config(config.model, info.num_classes)
+  checkpoint.save_config(config, workdir)
+  use_ema = config.optim.ema_decay > 0
+
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state = state_lib.abstract_train_state(config, model, resolution,
+                                                  mesh)
+  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+  start_step = manager.latest_step()
+  if start_step is not None:
+    logging.info('Resuming from %s', checkpoint.checkpoint_path(workdir,
+                                                                start_step))
+    state = checkpoint.restore(manager, start_step, abstract_state)
+  else:
+    start_step = 0
+    state = _initial_state(config, model, rng, resolution, mesh, use_ema,
+                           abstract_state.params)
+
+  tx, schedule = state_lib.create_optimizer(config, abstract_state.params)
+  step_fn = jax.jit(
+      functools.partial(
+          train_step, model=model, tx=tx, schedule=schedule,
+          num_classes=info.num_classes,
+          label_smoothing=config.optim.label_smoothing,
+          ema_decay=config.optim.ema_decay,
+          frozen_backbone=config.freeze_backbone),
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+      donate_argnums=0)
+
+  batches = data.create_train_iterator(
+      config.data, global_batch_size=config.batch_size,
+      resolution=resolution, seed=config.seed, start_step=start_step)
+  writer = writers.MetricsWriter(workdir)
+  preemption = _Preemption()
+  total = config.num_train_steps
+  pending, window_start, window_steps = [], time.perf_counter(), 0
+
+  def run_eval(step):
+    variables = evaluate.evaluation_variables(state, use_ema)
+    metrics = evaluate.evaluate_dataset(
+        model, variables, config.data, global_batch_size=config.eval_batch_size,
+        resolution=resolution, num_classes=info.num_classes, mesh=mesh)
+    writer.write(step, metrics, prefix='eval')
+    logging.info('eval at step %d: top1 %.4f  top5 %.4f  loss %.4f (%d '
+                 'examples)', step, metrics['top1'], metrics['top5'],
+                 metrics['loss'], metrics['num_examples'])
+    return metrics
+
+  try:
+    for step in range(start_step + 1, total + 1):
+      batch = parallel.global_batch(next(batches), mesh)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      window_steps += 1
+      is_last = step == total
+      if _every(step, config.log_every_steps) or is_last:
+        means = {k: float(np.mean(v)) for k, v in
+                 jax.tree.map(lambda *x: np.stack(x),
+                              *jax.device_get(pending)).items()}
+        elapsed = time.perf_counter() - window_start
+        img_per_sec = window_steps * config.batch_size / elapsed
+        writer.write(step, {**means, 'img_per_sec': img_per_sec})
+        writers.console_line(step, total, means, img_per_sec,
+                             (total - step) * elapsed / window_steps)
+        pending, window_start, window_steps = [], time.perf_counter(), 0
+      preempted = preemption.requested or manager.reached_preemption(step)
+      if (_every(step, config.checkpoint_every_steps) or is_last or
+          preempted):
+        checkpoint.save(manager, step, state)
+      if preempted:
+        manager.wait_until_finished()
+        return {'preempted': True, 'step': step}
+      if _every(step, config.eval_every_steps) and not is_last:
+        run_eval(step)
+    manager.wait_until_finished()
+    result = {'step': total, **run_eval(total), 'ema': use_ema,
+              'checkpoint': checkpoint.checkpoint_path(workdir, total)}
+    path = evaluate.write_result(workdir, result)
+    logging.info('Final evaluation written to %s', path)
+    return result
+  finally:
+    preemption.restore()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+
+def _every(step: int, period: int) -> bool:
+  return period > 0 and step % period == 0
+
+
+def _initial_state(config, model, rng, resolution, mesh, use_ema, params):
+  """A fresh TrainState, or one starting from `init_from` (transfer); built
+  in one compiled call (initialisers are slow to run op by op)."""
+  tx, _ = state_lib.create_optimizer(config, params)
+  variables = None
+  if config.init_from:
+    init_rng = jax.random.split(rng)[0]  # as create_train_state's own init
+    fresh = jax.jit(state_lib.init_variables, static_argnums=(0, 2))(
+        model, init_rng, resolution)
+    variables = _transfer(checkpoint.load_pretrained(config.init_from),
+                          fresh)
+  create = jax.jit(
+      lambda rng, v: state_lib.create_train_state(
+          model, tx, rng, resolution, use_ema, variables=v),
+      out_shardings=parallel.replicated(mesh))
+  return create(rng, variables)

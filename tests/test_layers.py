@@ -1,0 +1,340 @@
+"""Layers against independent references: numpy convolutions with TF 'SAME'
+padding and their closed-form gradients, the activation and rounding formulas
+of the papers, and squeeze-and-excite written out in numpy."""
+
+import jax
+import jax.numpy as jnp
+from jax.test_util import check_grads
+import numpy as np
+import pytest
+
+from mobilenet_jax import depthwise
+from mobilenet_jax import layers
+
+IMPLS = sorted(depthwise.IMPLEMENTATIONS)
+
+
+def _same_pads(size, k, s):
+  """TF 'SAME' (before, after): out = ceil(size / s), odd pixel after."""
+  out = -(-size // s)
+  total = max((out - 1) * s + k - size, 0)
+  return total // 2, total - total // 2
+
+
+def _pad_same(x, k, s):
+  (t, b), (l, r) = _same_pads(x.shape[1], k, s), _same_pads(x.shape[2], k, s)
+  return np.pad(x, [(0, 0), (t, b), (l, r), (0, 0)])
+
+
+def _ref_depthwise(x, w, s):
+  """y[n,i,j,c] = sum_{a,b} xpad[n, s*i+a, s*j+b, c] * w[a,b,c], by loops."""
+  k = w.shape[0]
+  xp = _pad_same(x, k, s)
+  out_h, out_w = -(-x.shape[1] // s), -(-x.shape[2] // s)
+  y = np.zeros((x.shape[0], out_h, out_w, x.shape[3]))
+  for i in range(out_h):
+    for j in range(out_w):
+      for a in range(k):
+        for b in range(k):
+          y[:, i, j, :] += xp[:, s * i + a, s * j + b, :] * w[a, b, :]
+  return y
+
+
+def _ref_conv(x, w, s):
+  """Full 'SAME' convolution with a (k, k, C_in, C_out) kernel, by windows."""
+  k = w.shape[0]
+  xp = _pad_same(x, k, s)
+  out_h, out_w = -(-x.shape[1] // s), -(-x.shape[2] // s)
+  y = np.zeros((x.shape[0], out_h, out_w, w.shape[3]))
+  for a in range(k):
+    for b in range(k):
+      window = xp[:, a:a + s * (out_h - 1) + 1:s, b:b + s * (out_w - 1) + 1:s]
+      y += np.einsum('nhwc,cd->nhwd', window, w[a, b])
+  return y
+
+
+def _ref_depthwise_input_grad(g, w, x_shape, s):
+  """dL/dX: per-channel full correlation of the zero-inserted dL/dY with the
+  flipped kernel (a transposed convolution), cropped to the unpadded input."""
+  _, h, wd, _ = x_shape
+  k = w.shape[0]
+  n, out_h, out_w, c = g.shape
+  dilated = np.zeros((n, (out_h - 1) * s + 1, (out_w - 1) * s + 1, c))
+  dilated[:, ::s, ::s] = g
+  gp = np.pad(dilated, [(0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)])
+  flipped = w[::-1, ::-1]
+  full_h, full_w = gp.shape[1] - k + 1, gp.shape[2] - k + 1
+  dxp = np.zeros((n, full_h, full_w, c))
+  for a in range(k):
+    for b in range(k):
+      dxp += gp[:, a:a + full_h, b:b + full_w] * flipped[a, b]
+  (top, _), (left, _) = _same_pads(h, k, s), _same_pads(wd, k, s)
+  # Padded rows/columns past the last window get no gradient.
+  dxp = np.pad(dxp, [(0, 0), (0, max(0, top + h - full_h)),
+                     (0, max(0, left + wd - full_w)), (0, 0)])
+  return dxp[:, top:top + h, left:left + wd]
+
+
+def _ref_depthwise_kernel_grad(x, g, k, s):
+  """dL/dW[a,b,c] = sum_{n,i,j} xpad[n, s*i+a, s*j+b, c] * dL/dY[n,i,j,c]."""
+  xp = _pad_same(x, k, s)
+  _, out_h, out_w, _ = g.shape
+  dw = np.zeros((k, k, x.shape[3]))
+  for a in range(k):
+    for b in range(k):
+      window = xp[:, a:a + s * (out_h - 1) + 1:s, b:b + s * (out_w - 1) + 1:s]
+      dw[a, b] = np.einsum('nhwc,nhwc->c', window, g)
+  return dw
+
+
+# (kernel, stride, (height, width)): each input has an even and an odd side,
+# so each stride-2 case has one asymmetric and one symmetric 'SAME' padding.
+CASES = [(3, 1, (8, 7)), (3, 2, (8, 7)), (5, 1, (7, 8)), (5, 2, (8, 7))]
+
+
+def _forward_and_vjp(impl):
+  """All CASES in one jitted function (one compile per implementation):
+  returns [(y, dL/dx, dL/dw)] for cotangents gs."""
+
+  @jax.jit
+  def run(xs, ws, gs):
+    results = []
+    for (_, s, _), x, w, g in zip(CASES, xs, ws, gs):
+      y, vjp = jax.vjp(
+          lambda x, w, s=s: depthwise.depthwise_conv(x, w, s, impl), x, w)
+      results.append((y, *vjp(g)))
+    return results
+
+  return run
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_depthwise_and_gradients_match_numpy(impl):
+  rng = np.random.default_rng(0)
+  xs, ws, gs = [], [], []
+  for k, s, (h, w) in CASES:
+    xs.append(rng.normal(size=(2, h, w, 3)).astype(np.float32))
+    ws.append(rng.normal(size=(k, k, 1, 3)).astype(np.float32))
+    gs.append(rng.normal(size=(2, -(-h // s), -(-w // s), 3)).astype(
+        np.float32))
+  results = _forward_and_vjp(impl)(xs, ws, gs)
+  for (k, s, size), x, w, g, (y, dx, dw) in zip(CASES, xs, ws, gs, results):
+    case = f'{impl}: kernel {k}, stride {s}, size {size}'
+    np.testing.assert_allclose(y, _ref_depthwise(x, w[:, :, 0], s),
+                               rtol=1e-5, atol=1e-5, err_msg=case)
+    np.testing.assert_allclose(
+        dx, _ref_depthwise_input_grad(g, w[:, :, 0], x.shape, s),
+        rtol=1e-5, atol=1e-4, err_msg=case)
+    np.testing.assert_allclose(
+        dw[:, :, 0], _ref_depthwise_kernel_grad(x, g, k, s),
+        rtol=1e-5, atol=1e-4, err_msg=case)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_depthwise_check_grads_float64(impl):
+  def f(x, w):  # both strides at once
+    return [depthwise.depthwise_conv(x, w, 1, impl),
+            depthwise.depthwise_conv(x, w, 2, impl)]
+
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(1, 7, 6, 2)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, 2)))
+    assert x.dtype == jnp.float64
+    # JAX has no forward mode for custom_vjp functions.
+    has_custom_vjp = 'custom_vjp' in str(jax.make_jaxpr(f)(x, w))
+    modes = ('rev',) if has_custom_vjp else ('fwd', 'rev')
+    check_grads(jax.jit(f), (x, w), order=1, modes=modes)
+
+
+def test_depthwise_rejects_unknown_impl():
+  x = np.zeros((1, 8, 8, 3), np.float32)
+  w = np.zeros((3, 3, 1, 3), np.float32)
+  with pytest.raises(ValueError, match='depthwise_impl') as e:
+    depthwise.depthwise_conv(x, w, 1, 'fft')
+  for name in IMPLS:
+    assert name in str(e.value)
+
+
+EPS = 1e-3  # BatchNorm epsilon of the TF references
+
+
+def _conv_bn_variables(module, x, seed):
+  """A random kernel of the shape `module.init` declares (checked with
+  eval_shape, nothing compiled) and a fresh BatchNorm: scale 1, bias 0,
+  mean 0, variance 1."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+  shape = shapes['params']['conv']['kernel'].shape
+  kernel = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+  c = shape[-1]
+  variables = {
+      'params': {'conv': {'kernel': kernel},
+                 'bn': {'scale': np.ones(c, np.float32),
+                        'bias': np.zeros(c, np.float32)}},
+      'batch_stats': {'bn': {'mean': np.zeros(c, np.float32),
+                             'var': np.ones(c, np.float32)}}}
+  assert jax.tree.structure(shapes) == jax.tree.structure(variables)
+  return variables, kernel
+
+
+@pytest.mark.parametrize('strides', [1, 2])
+def test_pointwise_conv_matches_einsum(strides):
+  # An even height and an odd width.
+  x = np.random.default_rng(4).normal(size=(2, 8, 7, 3)).astype(np.float32)
+  module = layers.ConvBN(features=5, kernel_size=1, strides=strides,
+                         activation='identity')
+  variables, kernel = _conv_bn_variables(module, x, 0)
+  assert kernel.shape == (1, 1, 3, 5)
+  # A 1x1 'SAME' conv of stride s reads pixels 0, s, 2s, ... (no padding).
+  expected = np.einsum('nhwc,cd->nhwd', x[:, ::strides, ::strides],
+                       kernel[0, 0])
+  # Eval-mode BatchNorm with mean 0, variance 1 divides by sqrt(1 + eps).
+  np.testing.assert_allclose(jax.jit(module.apply)(variables, x),
+                             expected / np.sqrt(1 + EPS), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_pointwise_gradients_match_closed_form():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  module = layers.ConvBN(features=4, kernel_size=1, activation='identity')
+  variables, kernel = _conv_bn_variables(module, x, 1)
+  g = rng.normal(size=(2, 5, 5, 4)).astype(np.float32)
+
+  def conv(params, x):
+    return module.apply({'params': params,
+                         'batch_stats': variables['batch_stats']}, x)
+
+  dparams, dx = jax.jit(lambda p, x, g: jax.vjp(conv, p, x)[1](g))(
+      variables['params'], x, g)
+  scale = 1 / np.sqrt(1 + EPS)
+  np.testing.assert_allclose(
+      dx, scale * np.einsum('nhwd,cd->nhwc', g, kernel[0, 0]), rtol=1e-5,
+      atol=1e-5)
+  np.testing.assert_allclose(dparams['conv']['kernel'][0, 0],
+                             scale * np.einsum('nhwc,nhwd->cd', x, g),
+                             rtol=1e-5, atol=1e-4)
+
+
+def test_full_conv_stride2_same_padding():
+  # The stems' 3x3 stride-2 conv: TF 'SAME' puts the odd padding after.
+  x = np.random.default_rng(6).normal(size=(2, 8, 7, 3)).astype(np.float32)
+  module = layers.ConvBN(features=4, kernel_size=3, strides=2,
+                         activation='identity')
+  variables, kernel = _conv_bn_variables(module, x, 2)
+  assert kernel.shape == (3, 3, 3, 4)
+  np.testing.assert_allclose(jax.jit(module.apply)(variables, x),
+                             _ref_conv(x, kernel, 2) / np.sqrt(1 + EPS),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_conv_bn_depthwise(impl):
+  # DepthwiseConv inside ConvBN: width kept (`features` ignored), `impl` used.
+  x = np.random.default_rng(9).normal(size=(2, 8, 7, 6)).astype(np.float32)
+  module = layers.ConvBN(features=99, kernel_size=5, strides=2,
+                         depthwise=True, depthwise_impl=impl,
+                         activation='identity')
+  variables, kernel = _conv_bn_variables(module, x, 3)
+  assert kernel.shape == (5, 5, 1, 6)
+  np.testing.assert_allclose(
+      jax.jit(module.apply)(variables, x),
+      _ref_depthwise(x, kernel[:, :, 0], 2) / np.sqrt(1 + EPS),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_conv_bn_train_mode_normalises_with_batch_statistics():
+  x = np.random.default_rng(7).normal(2.0, 3.0, (4, 6, 6, 3)).astype(
+      np.float32)
+  module = layers.ConvBN(features=5, kernel_size=1, activation='identity',
+                         bn_momentum=0.9)
+  variables, kernel = _conv_bn_variables(module, x, 4)
+  y, state = jax.jit(lambda v, x: module.apply(
+      v, x, train=True, mutable=['batch_stats']))(variables, x)
+  conv = np.einsum('nhwc,cd->nhwd', x.astype(np.float64), kernel[0, 0])
+  mean, var = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(y, (conv - mean) / np.sqrt(var + EPS),
+                             rtol=1e-4, atol=1e-4)
+  # Running averages: momentum * old + (1 - momentum) * batch statistic.
+  stats = state['batch_stats']['bn']
+  np.testing.assert_allclose(stats['mean'], 0.1 * mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * var, rtol=1e-4)
+
+
+_GRID = np.linspace(-7, 7, 281).astype(np.float32)  # step 0.05, hits +-3, 0
+
+
+def test_relu6():
+  expected = np.where(_GRID < 0, 0, np.where(_GRID > 6, 6, _GRID))
+  np.testing.assert_array_equal(layers.relu6(_GRID), expected)
+  assert layers.ACTIVATIONS['relu6'] is layers.relu6
+
+
+def test_hard_sigmoid():
+  # V3 paper section 5.2: ReLU6(x + 3) / 6, i.e. 0 below -3, 1 above 3.
+  expected = np.piecewise(_GRID, [_GRID <= -3, _GRID >= 3],
+                          [0, 1, lambda x: (x + 3) / 6])
+  np.testing.assert_allclose(layers.hard_sigmoid(_GRID), expected, atol=1e-6)
+  assert float(layers.hard_sigmoid(0.0)) == 0.5
+
+
+def test_hard_swish():
+  # V3 paper equation (2): x * ReLU6(x + 3) / 6.
+  expected = np.piecewise(_GRID, [_GRID <= -3, _GRID >= 3],
+                          [0, lambda x: x, lambda x: x * (x + 3) / 6])
+  np.testing.assert_allclose(layers.hard_swish(_GRID), expected, atol=1e-6)
+  np.testing.assert_allclose(layers.hard_swish(1.0), 2 / 3, rtol=1e-6)
+  np.testing.assert_allclose(layers.hard_swish(-1.0), -1 / 3, rtol=1e-6)
+  inside = _GRID[(_GRID > -2.99) & (_GRID < 2.99)]
+  np.testing.assert_allclose(jax.vmap(jax.grad(layers.hard_swish))(inside),
+                             (2 * inside + 3) / 6, rtol=1e-5, atol=1e-6)
+  assert layers.ACTIVATIONS['hard_swish'] is layers.hard_swish
+
+
+def _make_divisible_formula(v):
+  """The brief's rule, written independently."""
+  r = max(8, int(v + 4) // 8 * 8)
+  return r + 8 if r < 0.9 * v else r
+
+
+@pytest.mark.parametrize('value, expected', [
+    (11.2, 16),     # 32 * 0.35: rounds to 8, below 0.9 * 11.2, so + 8
+    (3, 8),         # never below the divisor
+    (1280 * 1.4, 1792),
+    (32 * 0.5, 16),
+    (16 * 0.75, 16),  # 12 rounds half up
+    (20, 24),
+    (17.7, 16),     # rounds down: 16 is still >= 0.9 * 17.7
+    (96 * 0.35, 32),
+    (0.1, 8),
+])
+def test_make_divisible_edge_cases(value, expected):
+  assert layers.make_divisible(value) == expected
+
+
+def test_make_divisible_matches_formula():
+  values = [c * a for c in range(1, 1300, 7)
+            for a in (0.1, 0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4, 2.0)]
+  for v in values:
+    got = layers.make_divisible(v)
+    assert got == _make_divisible_formula(v), v
+    assert got % 8 == 0 and got >= 0.9 * v
+
+
+def test_squeeze_excite_matches_numpy():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(2, 5, 5, 16)).astype(np.float32)
+  module = layers.SqueezeExcite(squeeze_features=8)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)['params']
+  assert shapes['reduce']['kernel'].shape == (1, 1, 16, 8)
+  assert shapes['expand']['kernel'].shape == (1, 1, 8, 16)
+  # Random kernels and biases of those shapes.
+  p = jax.tree.map(
+      lambda s: (0.5 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+  s = x.mean(axis=(1, 2))
+  z = np.maximum(s @ p['reduce']['kernel'][0, 0] + p['reduce']['bias'], 0)
+  e = z @ p['expand']['kernel'][0, 0] + p['expand']['bias']
+  gate = np.clip(e + 3, 0, 6) / 6
+  expected = x * gate[:, None, None, :]
+  np.testing.assert_allclose(jax.jit(module.apply)({'params': p}, x),
+                             expected, rtol=1e-5, atol=1e-5)

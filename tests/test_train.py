@@ -1,0 +1,277 @@
+"""Training: one step per family, learning, data parallelism, multi-host,
+resume after preemption, transfer learning, evaluation of checkpoints."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import default
+from mobilenet_jax import checkpoint
+from mobilenet_jax import evaluate
+from mobilenet_jax import models
+from mobilenet_jax import parallel
+from mobilenet_jax import state as state_lib
+from mobilenet_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_config(data_dir, **overrides):
+  """The default config shrunk to seconds: shapes/tiny at 32 px, alpha 0.25."""
+  config = default.get_config()
+  config.model.alpha = 0.25
+  config.model.dropout_rate = 0.0
+  config.data.dataset = 'shapes/tiny'
+  config.data.data_dir = data_dir
+  config.data.base_resolution = 32
+  config.batch_size = 8
+  config.num_train_steps = 6
+  config.optim.warmup_steps = 1
+  config.optim.schedule = 'constant'
+  config.optim.learning_rate = 0.05
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def restored_state(workdir, step=None):
+  """The TrainState saved in `workdir` (latest step by default)."""
+  config = checkpoint.load_config(workdir)
+  info_classes = _num_classes(config)
+  model = state_lib.model_from_config(config.model, info_classes)
+  resolution = models.input_resolution(config.data.rho,
+                                       config.data.base_resolution)
+  abstract = state_lib.abstract_train_state(config, model, resolution,
+                                            parallel.create_mesh())
+  manager = checkpoint.create_manager(workdir, read_only=True)
+  step = manager.latest_step() if step is None else step
+  return checkpoint.restore(manager, step, abstract)
+
+
+def _num_classes(config):
+  from mobilenet_jax import data  # pylint: disable=g-import-not-at-top
+  return data.get_dataset_info(config.data).num_classes
+
+
+def flat(tree):
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def assert_trees_close(a, b, rtol, atol):
+  a, b = flat(a), flat(b)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol,
+                               err_msg=key)
+
+
+def main_command(config_overrides, workdir, *extra):
+  """`python -m mobilenet_jax.main` on configs/default.py with overrides."""
+  return [sys.executable, '-m', 'mobilenet_jax.main',
+          '--config=configs/default.py', f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in config_overrides.items()], *extra]
+
+
+def tiny_overrides(data_dir, **extra):
+  return {'model.alpha': 0.25, 'model.dropout_rate': 0.0,
+          'data.dataset': 'shapes/tiny', 'data.data_dir': data_dir,
+          'data.base_resolution': 32, 'batch_size': 8,
+          'optim.schedule': 'constant', 'optim.warmup_steps': 1,
+          'optim.learning_rate': 0.05, 'log_every_steps': 2, **extra}
+
+
+def run_subprocess(command, env_extra=None, timeout=600):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env_extra or {})}
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+  if result.returncode:
+    raise AssertionError(f'{command} failed:\n{result.stderr[-3000:]}')
+  return result
+
+
+@pytest.mark.parametrize('name', ['mobilenet_v1', 'mobilenet_v2',
+                                  'mobilenet_v3_large', 'mobilenet_v3_small'])
+def test_one_train_step_per_family_on_mock_data(name, tmp_path):
+  config = tiny_config(None, **{'model.name': name, 'data.dataset': 'cifar10',
+                                'num_train_steps': 1, 'batch_size': 4,
+                                'optim.ema_decay': 0.99})
+  with tfds.testing.mock_data(num_examples=12):
+    result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['step'] == 1 and result['ema']
+  assert np.isfinite(result['loss'])
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert np.isfinite(lines[0]['loss']) and lines[0]['step'] == 1
+  saved = json.loads((tmp_path / 'eval' / 'step_1.json').read_text())
+  assert saved == result
+
+
+def test_loss_decreases_and_eval_counts_every_example(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_train_steps=40, log_every_steps=10,
+                       eval_batch_size=16)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  losses = [json.loads(l)['loss'] for l in open(tmp_path / 'metrics.jsonl')
+            if json.loads(l)['split'] == 'train']
+  assert losses[-1] < 0.8 * losses[0], losses
+  # shapes/tiny's test split (75) is not a multiple of the eval batch (16).
+  test_size = train.data.get_dataset_info(config.data).num_examples['test']
+  assert test_size % 16 and result['num_examples'] == test_size
+
+
+def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{'optim.ema_decay': 0.9})
+  final = train.train_and_evaluate(config, str(tmp_path))
+  os.remove(tmp_path / 'eval' / 'step_6.json')
+  command = [sys.executable, '-m', 'mobilenet_jax.evaluate',
+             f'--workdir={tmp_path}', '--step=6']
+  run_subprocess(command)
+  again = json.loads((tmp_path / 'eval' / 'step_6.json').read_text())
+  assert again == final
+  # --all evaluates every kept checkpoint (steps 3 and 6), without EMA too.
+  run_subprocess(command[:-1] + ['--all', '--use_ema=false'])
+  at_3 = json.loads((tmp_path / 'eval' / 'step_3.json').read_text())
+  assert at_3['step'] == 3 and at_3['ema'] is False
+
+
+def test_eight_devices_match_one_device(data_dir, tmp_path):
+  overrides = tiny_overrides(data_dir, num_train_steps=4,
+                             checkpoint_every_steps=4)
+  one, eight = tmp_path / 'one', tmp_path / 'eight'
+  run_subprocess(main_command(overrides, one))
+  run_subprocess(main_command(overrides, eight), env_extra={
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  a, b = restored_state(str(one)), restored_state(str(eight))
+  assert int(a.step) == int(b.step) == 4
+  assert_trees_close(a.params, b.params, rtol=2e-4, atol=2e-5)
+  assert_trees_close(a.batch_stats, b.batch_stats, rtol=2e-4, atol=2e-5)
+
+
+def test_batch_not_divisible_by_devices_is_an_error(data_dir, tmp_path):
+  overrides = tiny_overrides(data_dir, batch_size=12)
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  result = subprocess.run(main_command(overrides, tmp_path / 'w'), cwd=REPO,
+                          env=env, capture_output=True, text=True)
+  assert result.returncode != 0
+  assert 'batch_size must be a positive multiple of the device count (8)' in (
+      result.stderr)
+  assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_and_one_restores(data_dir, tmp_path):
+  # Prepare the dataset once so the two processes only read it.
+  train.data.get_dataset_info(tiny_config(data_dir).data)
+  overrides = tiny_overrides(data_dir, num_train_steps=4,
+                             checkpoint_every_steps=2)
+  address = f'127.0.0.1:{_free_port()}'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  processes = [
+      subprocess.Popen(
+          main_command(overrides, tmp_path, f'--coordinator_address={address}',
+                       '--num_processes=2', f'--process_id={i}'),
+          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          text=True)
+      for i in range(2)]
+  for p in processes:
+    _, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr[-3000:]
+  state = restored_state(str(tmp_path))
+  assert int(state.step) == 4
+  assert all(np.all(np.isfinite(x)) for x in flat(state.params).values())
+  result = json.loads((tmp_path / 'eval' / 'step_4.json').read_text())
+  assert result['num_examples'] == 75
+
+
+def test_resume_after_sigterm_matches_uninterrupted_run(data_dir, tmp_path):
+  overrides = tiny_overrides(data_dir, num_train_steps=300,
+                             checkpoint_every_steps=1000,
+                             log_every_steps=100)
+  overrides['model.dropout_rate'] = 0.2  # the resumed rng stream matters
+  overrides['optim.ema_decay'] = 0.9
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  process = subprocess.Popen(main_command(overrides, resumed), cwd=REPO,
+                             env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  # Wait until it is training (it logs the first 100 steps), then preempt.
+  deadline = time.time() + 300
+  while not (resumed / 'metrics.jsonl').exists():
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  stopped_at = checkpoint.create_manager(str(resumed),
+                                         read_only=True).latest_step()
+  assert 100 <= stopped_at < 300, stopped_at
+  assert not (resumed / 'eval').exists()
+  run_subprocess(main_command(overrides, resumed))
+  run_subprocess(main_command(overrides, straight))
+  a, b = restored_state(str(straight)), restored_state(str(resumed))
+  assert int(a.step) == int(b.step) == 300
+  for field in ('params', 'batch_stats', 'ema_params', 'opt_state'):
+    assert_trees_close(getattr(a, field), getattr(b, field), rtol=1e-5,
+                       atol=1e-6)
+
+
+def test_frozen_backbone_transfer_keeps_backbone(data_dir, tmp_path):
+  source = tmp_path / 'source'
+  train.train_and_evaluate(tiny_config(data_dir), str(source))
+  pretrained = restored_state(str(source))
+  config = tiny_config(None, **{'data.dataset': 'cifar100',
+                                'init_from': str(source),
+                                'freeze_backbone': True,
+                                'optim.learning_rate': 0.5})
+  with tfds.testing.mock_data(num_examples=16):
+    train.train_and_evaluate(config, str(tmp_path / 'target'))
+    tuned = restored_state(str(tmp_path / 'target'))
+  old, new = flat(pretrained.params), flat(tuned.params)
+  assert new["['classifier']['kernel']"].shape == (8, 100)  # a new head
+  backbone = [k for k in old if 'classifier' not in k]
+  assert backbone
+  for key in backbone:
+    np.testing.assert_array_equal(old[key], new[key], err_msg=key)
+  assert_trees_close(pretrained.batch_stats, tuned.batch_stats, 0, 0)
+  first = state_lib.init_variables(
+      state_lib.model_from_config(config.model, 100),
+      jax.random.PRNGKey(0), 32)['params']['classifier']['kernel']
+  assert not np.allclose(new["['classifier']['kernel']"], first)
+
+
+def test_bad_settings_fail_before_training(data_dir, tmp_path):
+  with pytest.raises(ValueError, match='freeze_backbone needs init_from'):
+    train.train_and_evaluate(tiny_config(data_dir, freeze_backbone=True),
+                             str(tmp_path))
+  with pytest.raises(ValueError, match='num_train_steps or num_epochs'):
+    train.train_and_evaluate(tiny_config(data_dir, num_train_steps=0),
+                             str(tmp_path))
+  with pytest.raises(ValueError, match='model name must be one of'):
+    train.train_and_evaluate(tiny_config(data_dir, **{'model.name': 'resnet'}),
+                             str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
