@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 setup: $(VENV)/.installed
 
 run: setup
-	$(PY) -m mobilenet_jax.profile --model=mobilenet_v2
+	$(PY) -m mobilenet_jax.main --config=configs/default.py --workdir=$(WORKDIR)
+	@echo "checkpoints: $(WORKDIR)/checkpoints   evaluation: $(WORKDIR)/eval/"
+	@ls $(WORKDIR)/eval
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ overrides what differs.
 import ml_collections
 from ml_collections import config_dict
 
+from mobilenet_jax import data
 from mobilenet_jax import optim
 
 
@@ -25,13 +26,15 @@ def get_config():
   config.model.bn_momentum = 0.9
   config.model.depthwise_impl = 'shifted'
 
-  config.data = ml_collections.ConfigDict()
+  config.data = data.default_config()  # every pipeline knob, documented
   config.data.dataset = 'shapes'
   config.data.data_dir = config_dict.placeholder(str)
   config.data.rho = 1.0
   config.data.base_resolution = 64
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
+  # Crops below half the image often cut the shape away (label noise).
+  config.data.crop_area_range = (0.5, 1.0)
 
   config.optim = optim.default_optim_config()
   config.optim.name = 'sgd'

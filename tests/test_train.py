@@ -115,6 +115,7 @@ def run_subprocess(command, env_extra=None, timeout=600):
 def test_one_train_step_per_family_on_mock_data(name, tmp_path):
   config = tiny_config(None, **{'model.name': name, 'data.dataset': 'cifar10',
                                 'num_train_steps': 1, 'batch_size': 4,
+                                'optim.warmup_steps': 0,
                                 'optim.ema_decay': 0.99})
   with tfds.testing.mock_data(num_examples=12):
     result = train.train_and_evaluate(config, str(tmp_path))

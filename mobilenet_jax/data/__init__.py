@@ -1,6 +1,12 @@
-"""Input pipelines (tfds + tf.data) and the built-in offline `shapes` data."""
+"""Input pipeline (tfds + tf.data) and the built-in offline `shapes` dataset.
 
-from mobilenet_jax.data.input_pipeline import DatasetInfo
-from mobilenet_jax.data.input_pipeline import create_eval_iterator
-from mobilenet_jax.data.input_pipeline import create_train_iterator
-from mobilenet_jax.data.input_pipeline import get_dataset_info
+Importing this package registers the `shapes` tfds builder.
+"""
+
+from mobilenet_jax.data import shapes
+from mobilenet_jax.data.pipeline import (DatasetInfo, create_eval_iterator,
+                                         create_train_iterator, default_config,
+                                         get_dataset_info)
+
+__all__ = ['DatasetInfo', 'create_eval_iterator', 'create_train_iterator',
+           'default_config', 'get_dataset_info', 'shapes']

@@ -1,0 +1,288 @@
+r"""Throughput benchmark: images per second of training or inference steps,
+or of the training input pipeline alone.
+
+  python -m mobilenet_jax.bench --model=mobilenet_v2 [--alpha=1.0] \
+      [--resolution=224] [--batch_size=32] [--dtype=float32|bfloat16] \
+      [--mode=train|infer] [--depthwise_impl=auto] [--steps=10] [--warmup=2] \
+      [--json]
+  python -m mobilenet_jax.bench --data [--dataset=shapes] [--data_dir=...] \
+      [--resolution=224] [--batch_size=32] [--steps=10] [--warmup=2] [--json]
+
+Each step runs on a fresh random batch (made on the device before the clock
+starts) and is timed on its own up to `jax.block_until_ready`; the report
+gives the median and the spread (min, quartiles, max) of the timed steps
+after `warmup` untimed ones, the compile time (`jit(...).lower(...).compile()`)
+and the peak memory: the device's `memory_stats()` where it has them (TPU,
+GPU), else the process's maximum resident set size (CPU; it includes the
+Python process itself).
+
+With `--data`, each step is one host batch from `data.create_train_iterator`
+(decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
+the time to the first batch (preparing the dataset, filling the cache).
+
+Train mode times `train.train_step` (forward, backward, optimizer update,
+BatchNorm statistics and EMA) with the default optimizer of `optim`
+(TF RMSProp, EMA 0.9999); infer mode times `model.apply(..., train=False)`.
+"""
+
+import contextlib
+import functools
+import json
+import resource
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from mobilenet_jax import data
+from mobilenet_jax import depthwise
+from mobilenet_jax import models
+from mobilenet_jax import optim
+from mobilenet_jax import state as state_lib
+from mobilenet_jax import train
+
+MODES = ('train', 'infer')
+DTYPES = ('float32', 'bfloat16')
+NUM_CLASSES = 1000
+
+
+def peak_memory_mb() -> tuple[float, str]:
+  """(peak MB, source): device `peak_bytes_in_use` if the backend reports
+  it, else the process's maximum resident set size (Linux: kilobytes)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20, 'device'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 'max_rss'
+
+
+def summarize(step_seconds, batch_size: int) -> dict:
+  """Median, quartiles and extremes of per-step times; images per second
+  at the median."""
+  ms = np.asarray(step_seconds) * 1e3
+  median = float(np.median(ms))
+  return {
+      'img_per_sec': batch_size / median * 1e3,
+      'step_ms_median': median,
+      'step_ms_min': float(ms.min()),
+      'step_ms_p25': float(np.percentile(ms, 25)),
+      'step_ms_p75': float(np.percentile(ms, 75)),
+      'step_ms_max': float(ms.max()),
+  }
+
+
+def _check(name, value, allowed):
+  if value not in allowed:
+    raise ValueError(f'{name} must be one of {list(allowed)}, got {value!r}')
+
+
+def _check_counts(steps: int, warmup: int, batch_size: int):
+  if steps < 5:
+    raise ValueError(f'steps must be >= 5 for a median and spread, got {steps}')
+  if warmup < 0:
+    raise ValueError(f'warmup must be >= 0, got {warmup}')
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be > 0, got {batch_size}')
+
+
+def _init_variables(model, resolution: int, rng):
+  return jax.jit(
+      lambda rng: state_lib.init_variables(model, rng, resolution))(rng)
+
+
+def _train_step_fn(model, resolution: int, rng):
+  """(jitted step(state, batch) -> (state, metrics), initial state)."""
+  optim_config = optim.default_optim_config()
+  use_ema = optim_config.ema_decay > 0
+  variables = _init_variables(model, resolution, rng)
+  tx, schedule = optim.create_optimizer(
+      optim_config, num_train_steps=10**6, params=variables['params'],
+      steps_per_epoch=1000)
+  # Built under jit, so that the EMA copies are buffers of their own: the
+  # step donates the state.
+  state = jax.jit(lambda v: state_lib.create_train_state(
+      model, tx, rng, resolution, use_ema, variables=v))(variables)
+  step = functools.partial(
+      train.train_step, model=model, tx=tx, schedule=schedule,
+      num_classes=NUM_CLASSES, label_smoothing=optim_config.label_smoothing,
+      ema_decay=optim_config.ema_decay, frozen_backbone=False)
+  return jax.jit(step, donate_argnums=0), state
+
+
+def _infer_step_fn(model, resolution: int, rng):
+  """(jitted step(variables, batch) -> (variables, logits), variables)."""
+  variables = _init_variables(model, resolution, rng)
+
+  def step(variables, batch):
+    return variables, model.apply(variables, batch['image'], train=False)
+
+  return jax.jit(step), variables
+
+
+def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
+                    batch_size: int = 32, dtype: str = 'float32',
+                    mode: str = 'train', depthwise_impl: str = 'auto',
+                    steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
+  """Times `steps` train or inference steps of one model; returns the
+  settings and `summarize`'s figures plus `compile_s` and `peak_mem_mb`."""
+  _check('mode', mode, MODES)
+  _check('dtype', dtype, DTYPES)
+  _check_counts(steps, warmup, batch_size)
+  model = models.create_model(name, num_classes=NUM_CLASSES, alpha=alpha,
+                              dtype=dtype, depthwise_impl=depthwise_impl)
+  init_rng, data_rng = jax.random.split(jax.random.PRNGKey(seed))
+  make_step = _train_step_fn if mode == 'train' else _infer_step_fn
+  step, carry = make_step(model, resolution, init_rng)
+
+  @jax.jit
+  def random_batch(key):
+    image_key, label_key = jax.random.split(key)
+    return {
+        'image': jax.random.normal(
+            image_key, (batch_size, resolution, resolution, 3)),
+        'label': jax.random.randint(label_key, (batch_size,), 0, NUM_CLASSES),
+    }
+
+  batches = (random_batch(k) for k in jax.random.split(data_rng,
+                                                       warmup + steps))
+  batch = jax.block_until_ready(next(batches))
+  start = time.perf_counter()
+  compiled = step.lower(carry, batch).compile()
+  compile_s = time.perf_counter() - start
+
+  times = []
+  for i in range(warmup + steps):
+    if i:
+      batch = jax.block_until_ready(next(batches))
+    start = time.perf_counter()
+    carry, out = jax.block_until_ready(compiled(carry, batch))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  del out
+  peak_mb, peak_source = peak_memory_mb()
+  return {
+      'model': name, 'alpha': alpha, 'resolution': resolution,
+      'batch_size': batch_size, 'dtype': dtype, 'mode': mode,
+      'depthwise_impl': depthwise_impl,
+      'depthwise_impl_resolved': depthwise.resolve(depthwise_impl),
+      'steps': steps, 'warmup': warmup,
+      'backend': jax.default_backend(),
+      'device_kind': jax.local_devices()[0].device_kind,
+      **summarize(times, batch_size),
+      'compile_s': compile_s,
+      'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,
+  }
+
+
+def benchmark_data(dataset: str = 'shapes', *, data_dir: str | None = None,
+                   split: str = 'train', resolution: int = 224,
+                   batch_size: int = 32, steps: int = 10, warmup: int = 2,
+                   seed: int = 0) -> dict:
+  """Times `steps` batches of the training input pipeline (after `warmup`
+  more and the first one, which builds it)."""
+  _check_counts(steps, warmup, batch_size)
+  data_config = data.default_config()
+  data_config.dataset = dataset
+  data_config.data_dir = data_dir
+  data_config.train_split = split
+  start = time.perf_counter()
+  batches = data.create_train_iterator(
+      data_config, global_batch_size=batch_size, resolution=resolution,
+      seed=seed)
+  next(batches)
+  setup_s = time.perf_counter() - start
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    next(batches)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  peak_mb, peak_source = peak_memory_mb()
+  return {
+      'dataset': dataset, 'split': split, 'resolution': resolution,
+      'batch_size': batch_size, 'steps': steps, 'warmup': warmup,
+      **summarize(times, batch_size),
+      'setup_s': setup_s,
+      'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,
+  }
+
+
+def _print_timing(result):
+  print(f"  {result['img_per_sec']:.1f} img/s; step "
+        f"{result['step_ms_median']:.1f} ms median (min "
+        f"{result['step_ms_min']:.1f}, quartiles {result['step_ms_p25']:.1f}-"
+        f"{result['step_ms_p75']:.1f}, max {result['step_ms_max']:.1f}) over "
+        f"{result['steps']} steps")
+
+
+def _print_model(result):
+  print(f"{result['model']} alpha {result['alpha']} {result['resolution']}px "
+        f"batch {result['batch_size']} {result['dtype']} {result['mode']}, "
+        f"depthwise {result['depthwise_impl']} "
+        f"({result['depthwise_impl_resolved']}) on {result['device_kind']}")
+  _print_timing(result)
+  print(f"  compile {result['compile_s']:.1f} s; peak memory "
+        f"{result['peak_mem_mb']:.0f} MB ({result['peak_mem_source']})")
+
+
+_MODEL = flags.DEFINE_string(
+    'model', None, f'Registry name, one of {sorted(models.REGISTRY)}.')
+_ALPHA = flags.DEFINE_float('alpha', 1.0, 'Width multiplier.')
+_RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Input side in pixels.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per step.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', DTYPES, 'Compute dtype.')
+_MODE = flags.DEFINE_enum('mode', 'train', MODES,
+                          'train: a full train step; infer: a forward pass.')
+_DEPTHWISE_IMPL = flags.DEFINE_enum(
+    'depthwise_impl', 'auto', sorted(depthwise.IMPLEMENTATIONS),
+    'Depthwise convolution implementation (see mobilenet_jax.depthwise).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (>= 5).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of parameters and inputs.')
+_DATA = flags.DEFINE_bool(
+    'data', False, 'Time the training input pipeline instead of a model.')
+_DATASET = flags.DEFINE_string('dataset', 'shapes',
+                               'With --data: tfds name or folder:/path.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                'With --data: tfds data directory.')
+_SPLIT = flags.DEFINE_string('split', 'train', 'With --data: the split.')
+_JSON = flags.DEFINE_bool('json', False,
+                          'Print only one JSON object on stdout.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _DATA.value == (_MODEL.value is not None):
+    raise app.UsageError('give exactly one of --model and --data')
+  # Libraries' own prints (tfds preparing a dataset) go to stderr, so that
+  # stdout holds the result alone.
+  with contextlib.redirect_stdout(sys.stderr):
+    if _DATA.value:
+      result = benchmark_data(
+          _DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
+          resolution=_RESOLUTION.value, batch_size=_BATCH_SIZE.value,
+          steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value)
+    else:
+      result = benchmark_model(
+          _MODEL.value, alpha=_ALPHA.value, resolution=_RESOLUTION.value,
+          batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, mode=_MODE.value,
+          depthwise_impl=_DEPTHWISE_IMPL.value, steps=_STEPS.value,
+          warmup=_WARMUP.value, seed=_SEED.value)
+  if _JSON.value:
+    json.dump(result, sys.stdout)
+    sys.stdout.write('\n')
+  elif _DATA.value:
+    print(f"{result['dataset']} {result['split']} input pipeline, "
+          f"{result['resolution']}px batch {result['batch_size']}")
+    _print_timing(result)
+    print(f"  first batch after {result['setup_s']:.1f} s; peak memory "
+          f"{result['peak_mem_mb']:.0f} MB ({result['peak_mem_source']})")
+  else:
+    _print_model(result)
+
+
+if __name__ == '__main__':
+  app.run(main)

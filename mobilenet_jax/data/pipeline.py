@@ -1,0 +1,479 @@
+"""tfds + tf.data input pipeline: host-local numpy batches for train and eval.
+
+Every process reads only its own slice of a split (`tfds.split_for_jax_process`:
+even sizes, the first `n % process_count` processes get one example more) and
+yields numpy batches of `global_batch_size // process_count` examples; the
+training loop assembles them into global arrays.
+
+Training stream (deterministic given `seed` and the process index). Epoch e is
+this process's slice shuffled with a seed derived from (seed, process, e);
+epochs are concatenated and batched with `drop_remainder`, so a batch may span
+two epochs. Augmentation draws stateless random numbers seeded by
+(seed, process, e, example index), so the k-th batch is a pure function of k:
+`start_step=k` starts at epoch `k * B // N`, skips `k * B % N` examples
+(N = slice size, B = local batch) and then yields exactly what an
+uninterrupted iterator yields from its k-th batch on. The file read order is
+seeded and the same every epoch; the shuffle buffer re-mixes every epoch.
+
+Preprocessing. Train: Inception-style random crop (a random area fraction in
+`crop_area_range` of the image and aspect ratio in `crop_aspect_ratio_range`,
+Szegedy et al. 2015, "Going deeper with convolutions", section 6), resize to
+`resolution`, random horizontal flip. Eval: central square crop of side
+`eval_crop_fraction * min(height, width)` (0.875: 224 out of 256), resize.
+Resizing is bilinear with antialiasing. Both end with
+`(pixel / 255 - mean) / std`. JPEG datasets decode and crop in one op
+(`tf.image.decode_and_crop_jpeg` on the undecoded bytes), so only the crop
+window is decoded.
+
+Config fields read (`config.data`, an ml_collections.ConfigDict; any field
+left out takes its value in `default_config()`):
+  dataset: a tfds name with optional config and version ('shapes',
+    'shapes/tiny', 'cifar10', 'imagenet2012', 'imagenette',
+    'oxford_flowers102', ...), or 'folder:/path/to/dir' for a local folder
+    read by `tfds.ImageFolder`: /path/to/dir/<split>/<class>/<image file>,
+    where split names are the subfolder names (plain names only, no slicing)
+    and labels the sorted class folder names. tfds datasets are prepared
+    (`download_and_prepare`) into `data_dir` on first use; the built-in
+    `shapes` is rendered offline, the others download (imagenet2012 needs its
+    manual files). On a pod with a shared data_dir, prepare it once first.
+  data_dir: tfds data directory; None is tfds' default (~/tensorflow_datasets).
+    gs:// paths work.
+  train_split, eval_split: tfds split strings, slicing allowed
+    ('train', 'train[:90%]', 'validation').
+  image_key, label_key: the image and ClassLabel feature names.
+  rho, base_resolution: not read here; the caller computes
+    `resolution = models.input_resolution(rho, base_resolution)`.
+  shuffle_buffer: examples in the training shuffle buffer (capped at the
+    slice size, which makes it a full shuffle).
+  cache: keep the training slice in memory after the first epoch: the decoded
+    images, or the encoded bytes for JPEG datasets. None decides: cache when
+    the images have a fixed shape and the decoded slice fits in
+    AUTO_CACHE_MAX_BYTES (shapes, cifar10: yes; imagenet2012: no).
+  crop_area_range: (min, max) crop area as a fraction of the image area
+    (Inception: 0.08-1.0; for `shapes` about (0.35, 1.0) keeps shapes whole).
+  crop_aspect_ratio_range: (min, max) crop width / height.
+  eval_crop_fraction: central crop side / shorter image side, in (0, 1].
+  mean, std: per-channel RGB statistics in [0, 1] units. The defaults are
+    ImageNet's (IMAGENET_MEAN, IMAGENET_STD); Keras Applications weights
+    expect mean = std = (0.5, 0.5, 0.5), i.e. inputs in [-1, 1].
+"""
+
+import dataclasses
+import math
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# Registers the `shapes` tfds builder.
+from mobilenet_jax.data import shapes  # pylint: disable=unused-import
+
+# TF only feeds data here; keep it off any GPU so that JAX owns the memory.
+if tf.config.list_physical_devices('GPU'):
+  tf.config.set_visible_devices([], 'GPU')
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FOLDER_PREFIX = 'folder:'
+AUTO_CACHE_MAX_BYTES = 2 * 1024**3
+
+# The functions given to tf.data below are plain TF ops (their Python branches
+# are on static settings), so AutoGraph need not rewrite them.
+_plain = tf.autograph.experimental.do_not_convert
+
+_DEFAULTS = {
+    'dataset': 'shapes',
+    'data_dir': None,
+    'train_split': 'train',
+    'eval_split': 'test',
+    'image_key': 'image',
+    'label_key': 'label',
+    'rho': 1.0,
+    'base_resolution': 224,
+    'shuffle_buffer': 16_384,
+    'cache': None,
+    'crop_area_range': (0.08, 1.0),
+    'crop_aspect_ratio_range': (3 / 4, 4 / 3),
+    'eval_crop_fraction': 0.875,
+    'mean': IMAGENET_MEAN,
+    'std': IMAGENET_STD,
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field this module reads, with its default (see module docstring)."""
+  return ml_collections.ConfigDict(_DEFAULTS)
+
+
+def _field(data_config, name):
+  return data_config.get(name, _DEFAULTS[name])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training loop needs to know about a dataset.
+
+  `num_examples` maps the configured train and eval split strings to their
+  total sizes (all processes together); `image_shape` is the stored
+  (height, width, channels) when every image has it, else None.
+  """
+  name: str
+  num_classes: int
+  train_split: str
+  eval_split: str
+  num_examples: dict[str, int]
+  image_shape: tuple[int, int, int] | None
+
+  @property
+  def num_train_examples(self) -> int:
+    return self.num_examples[self.train_split]
+
+  @property
+  def num_eval_examples(self) -> int:
+    return self.num_examples[self.eval_split]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """A dataset builder plus how to read its images."""
+  builder: tfds.core.DatasetBuilder
+  image_key: str
+  label_key: str
+
+  @property
+  def is_folder(self) -> bool:
+    return isinstance(self.builder, tfds.ImageFolder)
+
+  @property
+  def image_feature(self) -> tfds.features.Image:
+    return self.builder.info.features[self.image_key]
+
+  @property
+  def is_jpeg(self) -> bool:
+    return self.image_feature.encoding_format == 'jpeg'
+
+  @property
+  def image_shape(self) -> tuple[int, int, int] | None:
+    shape = self.image_feature.shape
+    return tuple(shape) if all(isinstance(d, int) for d in shape) else None
+
+  def decode(self, encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes -> uint8 [H, W, 3] (grayscale is repeated to RGB)."""
+    image = self.image_feature.decode_example(encoded)
+    if image.shape[-1] == 1:
+      image = tf.image.grayscale_to_rgb(image)
+    return image
+
+  def num_examples(self, split: str, field: str, process_index: int = 0,
+                   process_count: int = 1) -> int:
+    """Examples of `split` read by one process; ValueError for bad splits."""
+    splits = self.builder.info.splits
+    if self.is_folder and split not in splits:
+      raise ValueError(f'data.{field}: unknown split {split!r} of an image '
+                       f'folder; its splits (subfolders): {sorted(splits)}')
+    if not splits:
+      # No split metadata, as under tfds.testing.mock_data without metadata
+      # files: count what reading yields.
+      count = int(self.read(split, process_index, process_count).cardinality())
+      if count < 0:
+        raise ValueError(f'data.{field}: cannot count the examples of split '
+                         f'{split!r} (the dataset has no split metadata)')
+      return count
+    try:
+      total = splits[split].num_examples
+    except (KeyError, ValueError):
+      raise ValueError(f'data.{field}: unknown split {split!r}; available: '
+                       f'{sorted(splits)} (slicing allowed, e.g. '
+                       f"'train[:90%]')") from None
+    if total <= 0:
+      raise ValueError(f'data.{field}: split {split!r} has no examples')
+    if self.is_folder:
+      start, end = _even_bounds(total, process_index, process_count)
+      return end - start
+    return splits[tfds.split_for_jax_process(
+        split, process_index=process_index,
+        process_count=process_count)].num_examples
+
+  def read(self, split: str, process_index: int, process_count: int, *,
+           shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """This process's slice as (undecoded image bytes, label) pairs.
+
+    Files are read in an order seeded by `shuffle_seed` (None: stored
+    order), the same order on every pass.
+    """
+    decoders = {self.image_key: tfds.decode.SkipDecoding()}
+    if self.is_folder:  # ImageFolder reads no sub-splits: slice it here.
+      start, end = _even_bounds(self.builder.info.splits[split].num_examples,
+                                process_index, process_count)
+      ds = self.builder.as_dataset(split=split, decoders=decoders)
+      ds = ds.skip(start).take(end - start)
+    else:
+      read_config = tfds.ReadConfig(
+          shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False)
+      ds = self.builder.as_dataset(
+          split=tfds.split_for_jax_process(split, process_index=process_index,
+                                           process_count=process_count),
+          decoders=decoders, shuffle_files=shuffle_seed is not None,
+          read_config=read_config)
+    return ds.map(_plain(lambda ex: (ex[self.image_key], ex[self.label_key])))
+
+
+def _even_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+  """[start, end) of slice `index` of `count`: tfds.even_splits' rule."""
+  size, extra = divmod(total, count)
+  start = index * size + min(index, extra)
+  return start, start + size + (index < extra)
+
+
+def _source(data_config) -> _Source:
+  """The configured dataset's builder, prepared; ValueError if unknown."""
+  dataset = _field(data_config, 'dataset')
+  if not isinstance(dataset, str) or not dataset:
+    raise ValueError(f"data.dataset must be a tfds name or 'folder:/path', "
+                     f'got {dataset!r}')
+  if dataset.startswith(FOLDER_PREFIX):
+    root = dataset[len(FOLDER_PREFIX):]
+    if not tf.io.gfile.isdir(root):
+      raise ValueError(f'data.dataset: {root!r} is not a directory (expected '
+                       f"'folder:/path/to/dir' with <split>/<class>/<image>)")
+    builder = tfds.ImageFolder(root)
+  else:
+    try:
+      builder = tfds.builder(dataset, data_dir=_field(data_config, 'data_dir'))
+    except (ValueError, AssertionError) as e:
+      reason = str(e).splitlines()[0][:200]
+      raise ValueError(
+          f'data.dataset: unknown dataset {dataset!r} ({reason}); use a tfds '
+          f"name such as 'shapes', 'cifar10', 'imagenet2012', or "
+          f"'folder:/path/to/dir'") from None
+    builder.download_and_prepare()
+  source = _Source(builder, _field(data_config, 'image_key'),
+                   _field(data_config, 'label_key'))
+  features = builder.info.features
+  for field, kind in (('image_key', tfds.features.Image),
+                      ('label_key', tfds.features.ClassLabel)):
+    key = getattr(source, field)
+    if key not in features or not isinstance(features[key], kind):
+      names = [k for k in features if isinstance(features[k], kind)]
+      raise ValueError(f'data.{field}: {key!r} is not a {kind.__name__} '
+                       f'feature of {dataset!r}; candidates: {names}')
+  return source
+
+
+def _check_range(data_config, name: str, low: float, high: float) -> tuple:
+  value = tuple(_field(data_config, name))
+  if not (len(value) == 2 and low < value[0] <= value[1] <= high):
+    raise ValueError(f'data.{name} must be (min, max) with {low} < min <= max '
+                     f'<= {high}, got {value!r}')
+  return value
+
+
+def _normaliser(data_config):
+  """pixel in [0, 255] -> (pixel / 255 - mean) / std."""
+  mean = np.asarray(_field(data_config, 'mean'), np.float32)
+  std = np.asarray(_field(data_config, 'std'), np.float32)
+  if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
+    raise ValueError(f'data.mean and data.std must be 3 values each, std > 0; '
+                     f'got {mean.tolist()}, {std.tolist()}')
+  return lambda image: (image - 255 * mean) / (255 * std)
+
+
+def _resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
+  image = tf.image.resize(image, [resolution, resolution], method='bilinear',
+                          antialias=True)
+  return tf.ensure_shape(image, [resolution, resolution, 3])
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index must be in [0, {process_count}), got '
+                     f'{process_index}')
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if not (isinstance(global_batch_size, int) and global_batch_size > 0
+          and global_batch_size % process_count == 0):
+    raise ValueError(f'global_batch_size must be a positive multiple of the '
+                     f'process count {process_count}, got '
+                     f'{global_batch_size!r}')
+  return global_batch_size // process_count
+
+
+def _check_resolution(resolution: int) -> None:
+  if not (isinstance(resolution, int) and resolution > 0):
+    raise ValueError(f'resolution must be a positive int, got {resolution!r}')
+
+
+def _finish(ds: tf.data.Dataset) -> Iterator[dict]:
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
+
+
+def get_dataset_info(data_config) -> DatasetInfo:
+  """Classes, split sizes and image shape; prepares the dataset if needed."""
+  source = _source(data_config)
+  splits = {field: _field(data_config, field)
+            for field in ('train_split', 'eval_split')}
+  return DatasetInfo(
+      name=_field(data_config, 'dataset'),
+      num_classes=source.builder.info.features[source.label_key].num_classes,
+      train_split=splits['train_split'], eval_split=splits['eval_split'],
+      num_examples={split: source.num_examples(split, field)
+                    for field, split in splits.items()},
+      image_shape=source.image_shape)
+
+
+def create_train_iterator(data_config, *, global_batch_size: int,
+                          resolution: int, seed: int, start_step: int = 0,
+                          process_index: int | None = None,
+                          process_count: int | None = None) -> Iterator[dict]:
+  """Endless augmented training batches of this process's slice.
+
+  Yields {'image': float32 [B, resolution, resolution, 3] normalised,
+  'label': int32 [B]} with B = global_batch_size // process_count; the k-th
+  batch depends only on (seed, process, k), so `start_step=k` resumes
+  exactly (see the module docstring). process_index / process_count default
+  to jax's.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  batch_size = _local_batch_size(global_batch_size, process_count)
+  _check_resolution(resolution)
+  if not (isinstance(start_step, int) and start_step >= 0):
+    raise ValueError(f'start_step must be an int >= 0, got {start_step!r}')
+  area_range = _check_range(data_config, 'crop_area_range', 0, 1)
+  aspect_range = _check_range(data_config, 'crop_aspect_ratio_range', 0,
+                              math.inf)
+  normalise = _normaliser(data_config)
+  shuffle_buffer = _field(data_config, 'shuffle_buffer')
+  if not (isinstance(shuffle_buffer, int) and shuffle_buffer > 0):
+    raise ValueError(
+        f'data.shuffle_buffer must be a positive int, got {shuffle_buffer!r}')
+  cache = _field(data_config, 'cache')
+  if cache not in (None, True, False):
+    raise ValueError(f'data.cache must be None, True or False, got {cache!r}')
+
+  source = _source(data_config)
+  split = _field(data_config, 'train_split')
+  num_examples = source.num_examples(split, 'train_split', process_index,
+                                     process_count)
+  if num_examples == 0:
+    raise ValueError(f'data.train_split: {split!r} leaves process '
+                     f'{process_index} of {process_count} no examples')
+  if cache is None:
+    cache = (source.image_shape is not None and num_examples *
+             math.prod(source.image_shape) <= AUTO_CACHE_MAX_BYTES)
+  decode_early = cache and not source.is_jpeg
+
+  key = tf.constant([seed, process_index], tf.int64)
+  examples = source.read(split, process_index, process_count,
+                         shuffle_seed=seed + process_index).enumerate()
+  if decode_early:
+    examples = examples.map(
+        _plain(lambda i, ex: (i, (source.decode(ex[0]), ex[1]))),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    examples = examples.cache()
+
+  @_plain
+  def epoch(e):
+    epoch_key = tf.random.experimental.stateless_fold_in(key, e)
+    shuffle_seed = tf.random.stateless_uniform(
+        [], epoch_key, minval=None, maxval=None, dtype=tf.int64)
+    shuffled = examples.shuffle(min(shuffle_buffer, num_examples),
+                                seed=shuffle_seed,
+                                reshuffle_each_iteration=False)
+    return shuffled.map(_plain(lambda i, ex: (epoch_key, i, ex)))
+
+  @_plain
+  def preprocess(epoch_key, i, example):
+    image, label = example
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(epoch_key, i), 2))
+    if source.is_jpeg:
+      shape = tf.image.extract_jpeg_shape(image)
+    else:
+      image = image if decode_early else source.decode(image)
+      shape = tf.shape(image)
+    # The whole image is the only box, so area_range alone bounds the crop.
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.constant([[[0, 0, 1, 1]]], tf.float32), seed=crop_seed,
+        min_object_covered=0.0, aspect_ratio_range=aspect_range,
+        area_range=area_range, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    if source.is_jpeg:
+      image = tf.image.decode_and_crop_jpeg(
+          image, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3)
+    else:
+      image = tf.slice(image, begin, size)
+    image = _resize(image, resolution)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return {'image': normalise(image), 'label': tf.cast(label, tf.int32)}
+
+  start_epoch, offset = divmod(start_step * batch_size, num_examples)
+  ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  return _finish(ds.batch(batch_size, drop_remainder=True))
+
+
+def create_eval_iterator(data_config, *, global_batch_size: int,
+                         resolution: int, process_index: int | None = None,
+                         process_count: int | None = None) -> Iterator[dict]:
+  """One pass over this process's slice of the eval split.
+
+  Yields {'image', 'label', 'mask': float32 [B]} batches of B =
+  global_batch_size // process_count. The last batches are padded (zero
+  image, label 0, mask 0) so that every process yields the same number of
+  batches, ceil(largest slice / B), all of the same shape; every example
+  appears exactly once with mask 1.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  batch_size = _local_batch_size(global_batch_size, process_count)
+  _check_resolution(resolution)
+  fraction = _field(data_config, 'eval_crop_fraction')
+  if not 0 < fraction <= 1:
+    raise ValueError(
+        f'data.eval_crop_fraction must be in (0, 1], got {fraction!r}')
+  normalise = _normaliser(data_config)
+
+  source = _source(data_config)
+  split = _field(data_config, 'eval_split')
+  sizes = [source.num_examples(split, 'eval_split', p, process_count)
+           for p in range(process_count)]
+  num_batches = -(-max(sizes) // batch_size)
+
+  @_plain
+  def preprocess(image, label):
+    if source.is_jpeg:
+      shape = tf.image.extract_jpeg_shape(image)
+    else:
+      image = source.decode(image)
+      shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.maximum(1, tf.cast(tf.round(fraction * tf.cast(
+        tf.minimum(height, width), tf.float32)), tf.int32))
+    top, left = (height - side + 1) // 2, (width - side + 1) // 2
+    if source.is_jpeg:
+      image = tf.image.decode_and_crop_jpeg(
+          image, tf.stack([top, left, side, side]), channels=3)
+    else:
+      image = image[top:top + side, left:left + side]
+    return {'image': normalise(_resize(image, resolution)),
+            'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)}
+
+  ds = source.read(split, process_index, process_count).map(
+      preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([resolution, resolution, 3]),
+      'label': tf.constant(0), 'mask': tf.constant(0.0)})
+  ds = ds.concatenate(
+      padding.repeat(num_batches * batch_size - sizes[process_index]))
+  return _finish(ds.batch(batch_size, drop_remainder=True))

@@ -1,0 +1,400 @@
+"""Sweeps: expansion, naming, commands, launching real tiny runs, summaries."""
+
+import csv
+import functools
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import default
+from configs import imagenet_mobilenet_v1
+from configs import imagenet_mobilenet_v2
+from configs import imagenet_mobilenet_v3_large
+from mobilenet_jax import checkpoint
+from mobilenet_jax import hyper
+from mobilenet_jax import models
+from mobilenet_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
+
+
+def write_sweep_file(path, body):
+  path.write_text(body)
+  return str(path)
+
+
+# Expansion.
+
+
+def test_product_zip_and_fixed_expand_in_order():
+  h = hyper
+  runs = h.product([
+      h.fixed('model.name', 'mobilenet_v1'),
+      h.sweep('model.alpha', [1.0, 0.5]),
+      h.zipit([h.sweep('data.rho', [1.0, 0.5]),
+               h.sweep('batch_size', [64, 32])]),
+  ])
+  assert runs == [
+      {'model.name': 'mobilenet_v1', 'model.alpha': 1.0, 'data.rho': 1.0,
+       'batch_size': 64},
+      {'model.name': 'mobilenet_v1', 'model.alpha': 1.0, 'data.rho': 0.5,
+       'batch_size': 32},
+      {'model.name': 'mobilenet_v1', 'model.alpha': 0.5, 'data.rho': 1.0,
+       'batch_size': 64},
+      {'model.name': 'mobilenet_v1', 'model.alpha': 0.5, 'data.rho': 0.5,
+       'batch_size': 32},
+  ]
+  # Key order within a run follows the factors (the last varies fastest).
+  assert list(runs[0]) == ['model.name', 'model.alpha', 'data.rho',
+                           'batch_size']
+
+
+@pytest.mark.parametrize('make', [
+    lambda h: h.zipit([h.sweep('a', [1, 2]), h.sweep('b', [1, 2, 3])]),
+    lambda h: h.product([h.sweep('a', [1, 2]), h.fixed('a', 3)]),
+    lambda h: h.sweep('model..alpha', [1.0]),
+    lambda h: h.sweep('config-x', [1.0]),
+    lambda h: h.sweep('model.alpha', []),
+    lambda h: h.sweep('model.alpha', 'abc'),
+    lambda h: h.sweep('model.expansion', [None, 4.0]),
+    lambda h: h.fixed('model.alpha', [1.0]),
+])
+def test_bad_sweeps_are_value_errors(make):
+  with pytest.raises(ValueError):
+    make(hyper)
+
+
+def test_v1_grid_is_tables_6_and_7():
+  runs = sweep.load_sweep(os.path.join(SWEEPS,
+                                       'v1_width_resolution.py')).runs
+  assert len(runs) == 16
+  assert {run['model.name'] for run in runs} == {'mobilenet_v1'}
+  assert {run['model.alpha'] for run in runs} == {1.0, 0.75, 0.5, 0.25}
+  # Paper tables 6/7: 224, 192, 160, 128 px at the 224 base.
+  assert {models.input_resolution(run['data.rho'], 224)
+          for run in runs} == {224, 192, 160, 128}
+  assert len({(run['model.alpha'], run['data.rho']) for run in runs}) == 16
+
+
+def test_v2_and_v3_sweep_files():
+  v2 = sweep.load_sweep(os.path.join(SWEEPS, 'v2_expansion.py')).runs
+  assert [run['model.expansion'] for run in v2] == [1, 2, 4, 6, 8]
+  v3 = sweep.load_sweep(os.path.join(SWEEPS, 'v3_width.py')).runs
+  assert {(run['model.name'], run['model.alpha']) for run in v3} == {
+      (name, alpha) for name in ('mobilenet_v3_large', 'mobilenet_v3_small')
+      for alpha in (0.75, 1.0, 1.25)}
+  assert not any('model.expansion' in run for run in v3)
+
+
+@pytest.mark.parametrize('sweep_file, recipe', [
+    ('v1_width_resolution.py', imagenet_mobilenet_v1.get_config),
+    ('v1_separable_vs_standard.py', imagenet_mobilenet_v1.get_config),
+    ('v2_expansion.py', imagenet_mobilenet_v2.get_config),
+    ('v3_width.py', imagenet_mobilenet_v3_large.get_config),
+])
+def test_sweep_files_apply_to_offline_and_imagenet_configs(sweep_file, recipe):
+  runs = sweep.load_sweep(os.path.join(SWEEPS, sweep_file)).runs
+  assert len(set(sweep.run_names(runs))) == len(runs)
+  for base in (default.get_config(), recipe()):
+    for run in runs:
+      config = sweep.apply_overrides(base, run)
+      for key, value in run.items():
+        assert functools.reduce(getattr, key.split('.'), config) == value
+      models.input_resolution(config.data.rho, config.data.base_resolution)
+      models.create_model(config.model.name, alpha=config.model.alpha,
+                          expansion=config.model.expansion)
+
+
+def test_apply_overrides_rejects_unknown_fields_and_types():
+  with pytest.raises(ValueError, match='model.nope'):
+    sweep.apply_overrides(default.get_config(), {'model.nope': 1})
+  with pytest.raises(ValueError, match='no field'):
+    sweep.apply_overrides(default.get_config(), {'seed.x': 1})
+  with pytest.raises(ValueError, match='model.alpha'):
+    sweep.apply_overrides(default.get_config(), {'model.alpha': 'wide'})
+
+
+# Naming.
+
+
+def test_run_names_from_swept_values():
+  runs = hyper.product([
+      hyper.fixed('model.name', 'mobilenet_v1'),
+      hyper.sweep('model.alpha', [0.5, 1.0]),
+      hyper.sweep('data.rho', [0.857, 1.0]),
+  ])
+  assert sweep.run_names(runs) == [
+      'alpha_0.5-rho_0.857', 'alpha_0.5-rho_1.0', 'alpha_1.0-rho_0.857',
+      'alpha_1.0-rho_1.0']
+  # One run: named from all its overrides.
+  assert sweep.run_names([{'model.alpha': 0.5}]) == ['alpha_0.5']
+  assert sweep.run_names([{}]) == ['run']
+
+
+def test_run_names_are_filesystem_safe_and_distinct():
+  runs = hyper.product([hyper.sweep('data.dataset', ['shapes/tiny', 'a b']),
+                        hyper.sweep('freeze_backbone', [True, False])])
+  names = sweep.run_names(runs)
+  assert names[0] == 'dataset_shapes_tiny-freeze_backbone_true'
+  for name in names:
+    assert all(c.isalnum() or c in '._+-' for c in name)
+  # Two keys with the same last component: full paths.
+  runs = hyper.zipit([hyper.sweep('model.dtype', ['float32', 'bfloat16']),
+                      hyper.sweep('data.dtype', ['uint8', 'float32'])])
+  assert sweep.run_names(runs)[0] == 'model.dtype_float32-data.dtype_uint8'
+  with pytest.raises(ValueError, match='named'):
+    sweep.run_names([{'model.alpha': 0.5}, {'model.alpha': 0.5}])
+
+
+# Commands.
+
+
+def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
+  sweep_file = write_sweep_file(tmp_path / 'sweep.py', (
+      'TPU = "my-tpu"\nZONE = "us-central2-b"\n\n'
+      'def get_sweep(h):\n'
+      '  return h.sweep("model.alpha", [0.5, 1.0])\n'))
+  out = subprocess.run(
+      [sys.executable, '-m', 'mobilenet_jax.sweep', 'run',
+       '--config=configs/imagenet_mobilenet_v2.py:rho=0.857',
+       f'--sweep={sweep_file}', '--workdir=gs://bucket/sweeps/v2/',
+       '--launcher=tpu_vm', '--dry_run', '--config.num_train_steps=10'],
+      cwd=REPO, capture_output=True, text=True, check=True).stdout
+  lines = out.splitlines()
+  assert len(lines) == 2
+  assert lines[0] == (
+      "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
+      "--worker=all --command='cd ~/mobilenet_jax && python3 -m "
+      "mobilenet_jax.main --config=configs/imagenet_mobilenet_v2.py:rho=0.857 "
+      "--workdir=gs://bucket/sweeps/v2/alpha_0.5 --config.num_train_steps=10 "
+      "--config.model.alpha=0.5'")
+  # What the shell (and then the TPU VM's shell) would run.
+  argv = shlex.split(lines[1])
+  assert argv[:8] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu',
+                      '--zone=us-central2-b', '--worker=all']
+  assert argv[8].startswith('--command=')
+  remote = argv[8][len('--command='):]
+  assert remote.startswith('cd ~/mobilenet_jax && ')
+  assert shlex.split(remote.split(' && ', 1)[1]) == [
+      'python3', '-m', 'mobilenet_jax.main',
+      '--config=configs/imagenet_mobilenet_v2.py:rho=0.857',
+      '--workdir=gs://bucket/sweeps/v2/alpha_1.0',
+      '--config.num_train_steps=10', '--config.model.alpha=1.0']
+
+
+def test_format_command_quotes_for_the_shell():
+  command = sweep.launch_command(
+      'tpu_vm', 'configs/tpu.py:recipe=imagenet_mobilenet_v2,alpha=0.75',
+      'gs://b/d/name_it\'s', ['--config.data.data_dir=gs://b/tfds dir'],
+      tpu='t', zone='z')
+  assert shlex.split(sweep.format_command(command)) == command
+  local = sweep.launch_command('local', 'configs/default.py', 'runs/x/a b',
+                               ['--config.seed=1'])
+  assert local[:3] == [sys.executable, '-m', 'mobilenet_jax.main']
+  assert shlex.split(sweep.format_command(local)) == local
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(launcher='tpu_vm', workdir='runs/x', tpu='t', zone='z'), 'gs://'),
+    (dict(launcher='tpu_vm', workdir='gs://b/x', tpu=None, zone='z'), '--tpu'),
+    (dict(launcher='ssh', workdir='runs/x'), 'launcher'),
+    (dict(launcher='local', workdir='runs/x',
+          config_overrides=['--config.model.alpha=0.3']), 'model.alpha'),
+])
+def test_bad_launch_settings_are_value_errors(kwargs, message, capsys):
+  with pytest.raises(ValueError, match=message):
+    sweep.run_sweep(hyper.sweep('model.alpha', [0.5, 1.0]),
+                    config=default.get_config(),
+                    config_arg='configs/default.py', dry_run=True, **kwargs)
+  assert not capsys.readouterr().out  # nothing printed, nothing launched
+
+
+# Summaries.
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """tfds data dir for shapes/tiny, prepared by the first run that reads it."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def fabricate_run(sweep_dir, name, index, overrides, status, data_dir,
+                  metrics=(), steps=None):
+  """A run directory as the sweep and training write it: run.json, and for a
+  started run config.json and metrics.jsonl (ending in a half-written line)."""
+  run_dir = sweep_dir / name
+  run_dir.mkdir(parents=True)
+  config = sweep.apply_overrides(default.get_config(), {
+      'data.dataset': 'shapes/tiny', 'data.data_dir': data_dir,
+      'data.base_resolution': 32, **overrides})
+  record = dict(index=index, name=name, overrides=overrides,
+                config_arg='configs/default.py', config_overrides=[],
+                command='', config=config.to_dict(), status=status, error=None)
+  (run_dir / sweep.RUN_FILE).write_text(json.dumps(record))
+  if steps is not None:
+    config.num_train_steps = steps
+    (run_dir / 'config.json').write_text(config.to_json())
+    lines = [json.dumps(dict(step=step, split='train', time=0.0, loss=1.0,
+                             top1=0.5, learning_rate=0.1, img_per_sec=speed))
+             for step, speed in metrics]
+    (run_dir / 'metrics.jsonl').write_text('\n'.join(lines) + '\n{"step": 3')
+
+
+def test_summarize_a_partly_finished_sweep(tmp_path, data_dir):
+  """Before any final evaluation: blank accuracy, running/pending status,
+  the median of the logged throughputs."""
+  fabricate_run(tmp_path, 'alpha_0.25', 0, {'model.alpha': 0.25}, 'running',
+                data_dir, metrics=[(1, 10.0), (2, 400.0), (3, 30.0),
+                                   (4, 20.0)], steps=100)
+  fabricate_run(tmp_path, 'alpha_0.5', 1, {'model.alpha': 0.5}, 'pending',
+                data_dir)
+  rows = sweep.summarize(str(tmp_path))
+  assert [(r.name, r.status, r.top1, r.resolution) for r in rows] == [
+      ('alpha_0.25', 'running', None, 32), ('alpha_0.5', 'pending', None, 32)]
+  assert rows[0].steps == 4
+  assert rows[0].img_per_sec == 25.0  # median of 10, 20, 30, 400
+  assert rows[0].params > 0 and rows[0].macs > 0
+  # Not started: no costs (that would need the dataset's classes).
+  assert (rows[1].params, rows[1].steps) == (None, None)
+  with open(tmp_path / 'results.csv') as f:
+    table = list(csv.DictReader(f))
+  assert [r['top1'] for r in table] == ['', '']
+  assert [r['model.alpha'] for r in table] == ['0.25', '0.5']
+  assert (tmp_path / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# Real runs: a local sweep of a tiny training and an invalid one.
+
+TINY = [
+    '--config.data.dataset=shapes/tiny', '--config.data.base_resolution=32',
+    '--config.batch_size=8', '--config.num_train_steps=2',
+    '--config.optim.warmup_steps=0', '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=0', '--config.model.dropout_rate=0.0',
+    '--config.model.depthwise_impl=grouped',  # compiles fastest on CPU
+]
+
+
+@pytest.fixture(scope='module')
+def real_sweep(tmp_path_factory, data_dir):
+  """Runs a 2-run sweep twice: V1 alpha 0.25 trains 2 steps, alpha -1 fails;
+  the second time the finished run is skipped."""
+  root = tmp_path_factory.mktemp('sweep')
+  sweep_file = write_sweep_file(root / 'tiny.py', (
+      'def get_sweep(h):\n'
+      '  return h.product([h.fixed("model.name", "mobilenet_v1"),\n'
+      '                    h.sweep("model.alpha", [0.25, -1.0])])\n'))
+  workdir = root / 'runs'
+  command = [sys.executable, '-m', 'mobilenet_jax.sweep', 'run',
+             '--config=configs/default.py', f'--sweep={sweep_file}',
+             f'--workdir={workdir}', *TINY,
+             f'--config.data.data_dir={data_dir}']
+  first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+  log = (workdir / 'alpha_0.25' / sweep.LOG_FILE).read_text()
+  second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+  return workdir, first, second, log
+
+
+def test_failed_run_does_not_stop_the_others(real_sweep):
+  workdir, first, _, _ = real_sweep
+  assert first.returncode == 1, first.stdout + first.stderr
+  assert '[1/2] alpha_0.25: finished after' in first.stdout
+  assert '[2/2] alpha_-1.0: failed after' in first.stdout
+  records = {name: json.loads((workdir / name / sweep.RUN_FILE).read_text())
+             for name in ('alpha_0.25', 'alpha_-1.0')}
+  assert records['alpha_0.25']['status'] == 'finished'
+  assert records['alpha_-1.0']['status'] == 'failed'
+  assert 'alpha must be > 0' in records['alpha_-1.0']['error']
+  assert 'alpha must be > 0' in (workdir / 'alpha_-1.0' /
+                                 sweep.ERROR_FILE).read_text()
+  assert not (workdir / 'alpha_0.25' / sweep.ERROR_FILE).exists()
+  assert (workdir / 'alpha_0.25' / 'eval' / 'step_2.json').exists()
+  # The resolved config the run trained with: the sweep's value, the command
+  # line's overrides.
+  config = checkpoint.load_config(str(workdir / 'alpha_0.25'))
+  assert (config.model.name, config.model.alpha) == ('mobilenet_v1', 0.25)
+  assert (config.num_train_steps, config.batch_size) == (2, 8)
+
+
+def test_rerun_skips_finished_runs_and_retries_failed_ones(real_sweep):
+  workdir, _, second, log = real_sweep
+  assert second.returncode == 1
+  assert '[1/2] alpha_0.25: finished before, skipped' in second.stdout
+  assert '[2/2] alpha_-1.0: failed after' in second.stdout
+  assert (workdir / 'alpha_0.25' / sweep.LOG_FILE).read_text() == log
+  # The failed run was launched again: its log holds two attempts.
+  failed_log = (workdir / 'alpha_-1.0' / sweep.LOG_FILE).read_text()
+  assert failed_log.count('$ ') == 2
+
+
+def v1_macs(alpha, resolution, num_classes):
+  """MobileNetV1's multiply-adds in closed form: paper table 1, equations 3
+  and 4 per depthwise-separable layer, SAME padding (ceil(side / stride))."""
+  width = lambda channels: int(channels * alpha)
+  side = -(-resolution // 2)
+  macs = side * side * 3 * 3 * 3 * width(32)
+  channels = width(32)
+  for out, stride in ([(64, 1), (128, 2), (128, 1), (256, 2), (256, 1),
+                       (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]):
+    side = -(-side // stride)
+    macs += side * side * channels * (9 + width(out))
+    channels = width(out)
+  return macs + channels * num_classes
+
+
+def test_v1_closed_form_is_the_papers():
+  assert v1_macs(1.0, 224, 1000) == pytest.approx(569e6, rel=0.001)
+  assert v1_macs(0.25, 224, 1000) == pytest.approx(41e6, rel=0.01)
+
+
+def test_summarize_real_runs(real_sweep):
+  workdir, _, _, _ = real_sweep
+  rows = {row.name: row for row in sweep.summarize(str(workdir))}
+  assert {n: r.status for n, r in rows.items()} == {
+      'alpha_0.25': 'finished', 'alpha_-1.0': 'failed'}
+  with open(workdir / 'results.csv') as f:
+    table = {r['run']: r for r in csv.DictReader(f)}
+  assert list(table['alpha_0.25'])[:3] == ['run', 'model.alpha', 'resolution']
+  row = table['alpha_0.25']
+  result = json.loads(
+      (workdir / 'alpha_0.25' / 'eval' / 'step_2.json').read_text())
+  assert (float(row['top1']), float(row['top5'])) == (result['top1'],
+                                                     result['top5'])
+  assert (int(row['resolution']), int(row['steps'])) == (32, 2)
+  speeds = [json.loads(line)['img_per_sec'] for line in
+            (workdir / 'alpha_0.25' / 'metrics.jsonl').read_text().splitlines()
+            if json.loads(line)['split'] == 'train']
+  assert len(speeds) == 2
+  assert float(row['img_per_sec']) == pytest.approx(statistics.median(speeds))
+  # Params: the size of the trained checkpoint's parameters.
+  variables = checkpoint.load_pretrained(str(workdir / 'alpha_0.25'))
+  assert int(row['params']) == sum(
+      math.prod(x.shape) for x in jax.tree.leaves(variables['params']))
+  assert int(row['macs']) == v1_macs(0.25, 32, num_classes=10)
+  failed = table['alpha_-1.0']
+  assert (failed['status'], failed['top1'], failed['params']) == (
+      'failed', '', '')
+  markdown = (workdir / 'results.md').read_text().splitlines()
+  assert len(markdown) == 2 + 2
+  assert markdown[3].startswith('| alpha_-1.0 | -1.0 | 32 |')
+  assert (workdir / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_tradeoff_series_group_by_all_but_the_fastest_key():
+  rows = [sweep.Row(f'r{i}', {'model.alpha': a, 'data.rho': r}, 'finished',
+                    macs=int(1e6 * a * r), top1=0.5)
+          for i, (a, r) in enumerate([(1.0, 1.0), (1.0, 0.5), (0.5, 1.0),
+                                      (0.5, 0.5)])]
+  rows.append(sweep.Row('r4', {'model.alpha': 0.5, 'data.rho': 0.25},
+                        'running'))
+  series = sweep.tradeoff_series(rows, ['model.alpha', 'data.rho'])
+  assert {label: [row.name for row in group]
+          for label, group in series.items()} == {
+              'alpha=1.0': ['r1', 'r0'], 'alpha=0.5': ['r3', 'r2']}
