@@ -27,8 +27,9 @@ def initialize_distributed(coordinator_address: str | None = None,
     if num_processes is None or process_id is None:
       raise ValueError('coordinator_address needs num_processes and '
                        'process_id as well')
-    if num_processes > 1 and jax.default_backend() == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # CPU processes need gloo for collectives; the setting only affects the
+    # CPU backend, and asking for the backend here would initialise it.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif _on_multihost_tpu():
     jax.distributed.initialize()
