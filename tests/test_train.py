@@ -196,9 +196,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    'open in issue 3: failed on initialising jax.distributed after a backend '
-    'query (fixed in parallel.py, not yet re-verified), session 1'))
 def test_two_processes_train_and_one_restores(data_dir, tmp_path):
   # Prepare the dataset once so the two processes only read it.
   train.data.get_dataset_info(tiny_config(data_dir).data)
