@@ -64,8 +64,10 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
       params=params,
       batch_stats=batch_stats,
       opt_state=tx.init(params),
-      ema_params=params if use_ema else None,
-      ema_batch_stats=batch_stats if use_ema else None,
+      # Copies, not aliases: a donating step must not see one buffer twice.
+      ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
+      ema_batch_stats=(jax.tree.map(jnp.copy, batch_stats) if use_ema
+                       else None),
       rng=rng)
 
 
