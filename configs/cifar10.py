@@ -17,6 +17,9 @@ def get_config():
   config.data.dataset = 'cifar10'
   config.data.base_resolution = 64
   config.data.eval_split = 'test'
+  config.data.crop_area_range = (0.5, 1.0)
+  config.data.eval_crop_fraction = 1.0  # the whole 32 px image
+  config.optim.name = 'sgd'
   config.optim.learning_rate = 0.2
   config.optim.warmup_steps = 500
   config.optim.weight_decay = 5e-5

@@ -1,9 +1,18 @@
 """The default run: offline, small and CPU-friendly.
 
-A MobileNetV2 (alpha 0.5) trained on the built-in procedurally generated
-`shapes` dataset at 64 px; `make run` trains it. Every other config starts
-from this one and overrides what differs. The recipe is not tuned yet: it
-does not reach the >= 90% top-1 that issue 3 asks of it.
+A MobileNetV1 (alpha 0.5) trained on the built-in procedurally generated
+`shapes` dataset at 64 px; `make run` trains it in about 6 minutes on two CPU
+cores to about 97% test top-1 (the README records the measured run). Every
+other config starts from this one and overrides what differs.
+
+Why this recipe: on `shapes` every model (a plain 5-layer CNN included) sits
+at chance for the first 100-200 steps before it finds the shapes, and the
+800-step budget leaves no room for a slow start. AdamW at 5e-3 gets through
+that plateau fastest (SGD 0.1 and AdamW 2e-3 reached 40-75% in the same
+time); crops that keep at least 85% of the image never cut the shape away,
+and the shape fills up to 80% of the image, so evaluation takes the whole
+image (no central crop). Dropout and weight decay only slowed a run this
+short.
 """
 
 import ml_collections
@@ -17,14 +26,14 @@ def get_config():
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'mobilenet_v2'
+  config.model.name = 'mobilenet_v1'
   config.model.alpha = 0.5
   config.model.expansion = config_dict.placeholder(float)  # None: paper's t
-  config.model.dropout_rate = 0.1
+  config.model.dropout_rate = 0.0
   config.model.dtype = 'float32'
   # Short runs need a short BatchNorm memory; the references use 0.99-0.999.
   config.model.bn_momentum = 0.9
-  config.model.depthwise_impl = 'shifted'
+  config.model.depthwise_impl = 'auto'  # per backend: see depthwise.py
 
   config.data = data.default_config()  # every pipeline knob, documented
   config.data.dataset = 'shapes'
@@ -33,21 +42,21 @@ def get_config():
   config.data.base_resolution = 64
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
-  # Crops below half the image often cut the shape away (label noise).
-  config.data.crop_area_range = (0.5, 1.0)
+  config.data.crop_area_range = (0.85, 1.0)
+  config.data.eval_crop_fraction = 1.0
 
   config.optim = optim.default_optim_config()
-  config.optim.name = 'sgd'
-  config.optim.learning_rate = 0.1
+  config.optim.name = 'adamw'
+  config.optim.learning_rate = 5e-3
   config.optim.schedule = 'cosine'
   config.optim.warmup_steps = 50
-  config.optim.weight_decay = 4e-5
+  config.optim.weight_decay = 0.0
   config.optim.label_smoothing = 0.0
   config.optim.ema_decay = 0.0
 
   config.batch_size = 64
   config.eval_batch_size = 0  # 0: same as batch_size
-  config.num_train_steps = 600
+  config.num_train_steps = 800
   config.num_epochs = 0.0  # used when num_train_steps is 0
   config.log_every_steps = 50
   config.eval_every_steps = 0  # 0: only the final evaluation

@@ -36,6 +36,8 @@ def get_config(arg=None):
   config.data.base_resolution = 224
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  config.data.crop_area_range = (0.08, 1.0)  # the Inception crop
+  config.data.eval_crop_fraction = 0.875  # 224 of 256
 
   config.batch_size = args.batch_size
   config.optim.name = 'rmsprop_tf'
