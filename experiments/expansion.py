@@ -88,7 +88,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  harness.define_flags('expansion', steps=100)
+  harness.define_flags('expansion', steps=500)
   flags.DEFINE_list('expansions', [str(t) for t in v2_expansion.EXPANSIONS],
                     'Expansion factors t to train.')
   app.run(main)

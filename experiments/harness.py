@@ -39,7 +39,8 @@ def run(sweep_file: str, select: Callable[[hyper.Run], bool] = lambda _: True,
         overrides: hyper.Run | None = None
         ) -> tuple[list[tuple[hyper.Run, sweep.Row | None]], bool] | None:
   """Runs the sweep file's runs that `select` keeps (under the whole sweep's
-  names), each with `overrides` and --steps added.
+  names), each with `overrides` (the experiment's own flags) and --steps
+  added.
 
   Returns:
     ([(run, its Row, None if it has none)], whether any failed), or None on
@@ -47,9 +48,11 @@ def run(sweep_file: str, select: Callable[[hyper.Run], bool] = lambda _: True,
   """
   overrides = dict(overrides or {})
   if FLAGS.steps:
-    if any(a.startswith('--config.num_train_steps=') for a in sys.argv):
-      raise ValueError('give --steps or --config.num_train_steps, not both')
     overrides['num_train_steps'] = FLAGS.steps
+  for key in overrides:
+    if any(a.startswith(f'--config.{key}=') for a in sys.argv):
+      raise ValueError(f'this experiment sets {key} from its own flags '
+                       f'(--steps, --rho, ...); drop --config.{key}')
   spec = sweep.load_sweep(sweep_file)
   chosen = [({**run, **overrides}, name)
             for run, name in zip(spec.runs, sweep.run_names(spec.runs))

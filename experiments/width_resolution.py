@@ -110,8 +110,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  harness.define_flags('width_resolution', steps=100)
-  # A subset, so that the offline default fits in ~15 minutes on 2 CPU cores;
+  harness.define_flags('width_resolution', steps=400)
+  # A subset, so that the offline default fits in 15 minutes on 2 CPU cores;
   # --alphas=1.0,0.75,0.5,0.25 --rhos=1.0,0.857,0.714,0.571 for full tables.
   flags.DEFINE_list('alphas', ['1.0', '0.5', '0.25'],
                     'Width multipliers of table 6.')

@@ -36,6 +36,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """WORKDIR/checkpoints, made absolute when local: orbax's array writer
+  rejects a relative path (in its background thread, so a relative --workdir
+  would otherwise lose its checkpoints)."""
+  path = epath.Path(workdir) / CHECKPOINT_SUBDIR
+  return path if '://' in workdir else path.absolute()
+
+
 def create_manager(workdir: str, keep: int | None = None,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A manager over WORKDIR/checkpoints, saving asynchronously, keeping the
@@ -43,8 +51,7 @@ def create_manager(workdir: str, keep: int | None = None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(
-      epath.Path(workdir) / CHECKPOINT_SUBDIR, options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
@@ -58,7 +65,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def checkpoint_path(workdir: str, step: int) -> str:
-  return os.fspath(epath.Path(workdir) / CHECKPOINT_SUBDIR / str(step))
+  return os.fspath(checkpoint_dir(workdir) / str(step))
 
 
 def load_pretrained(init_from: str) -> dict:

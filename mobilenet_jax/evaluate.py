@@ -28,6 +28,7 @@ from mobilenet_jax import data
 from mobilenet_jax import models
 from mobilenet_jax import parallel
 from mobilenet_jax import state as state_lib
+from mobilenet_jax import writers
 
 
 def eval_step(variables, batch, *, model, num_classes):
@@ -166,6 +167,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  writers.quiet_orbax_info()
   if sum([FLAGS.step is not None, FLAGS.all, FLAGS.watch]) > 1:
     sys.exit('error: --step, --all and --watch are exclusive')
   try:

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from mobilenet_jax import parallel
 from mobilenet_jax import train
+from mobilenet_jax import writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
@@ -32,6 +33,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  writers.quiet_orbax_info()
   parallel.initialize_distributed(FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   try:

@@ -2,6 +2,8 @@
 console line. Only process 0 writes."""
 
 import json
+import logging as std_logging
+import os
 import time
 
 from absl import logging
@@ -45,3 +47,14 @@ def console_line(step: int, total: int, metrics: dict, img_per_sec: float,
   logging.info('step %d/%d  loss %.4f  top1 %.3f  lr %.4g  %.0f img/s  ETA %s',
                step, total, metrics['loss'], metrics['top1'],
                metrics['learning_rate'], img_per_sec, eta)
+
+
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+  return (record.levelno > std_logging.INFO or
+          f'{os.sep}orbax{os.sep}' not in record.pathname)
+
+
+def quiet_orbax_info() -> None:
+  """Drops orbax's INFO logs (a dozen lines per checkpoint save, which bury
+  the progress lines); its warnings and errors still show."""
+  std_logging.getLogger('absl').addFilter(_not_orbax_info)

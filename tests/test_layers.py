@@ -243,6 +243,19 @@ def test_conv_bn_depthwise(impl):
       rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kernel_size', [3, 5])
+def test_depthwise_init_has_keras_scale(kernel_size):
+  # Keras' DepthwiseConv2D default, glorot_uniform on a (k, k, C, 1) kernel:
+  # variance 2 / (fan_in + fan_out) = 2 / (k*k*C + k*k).
+  channels = 512
+  variables = layers.DepthwiseConv(kernel_size).init(
+      jax.random.key(0), np.zeros((1, 8, 8, channels), np.float32))
+  kernel = np.asarray(variables['params']['kernel'])
+  assert kernel.shape == (kernel_size, kernel_size, 1, channels)
+  keras_std = np.sqrt(2 / (kernel_size**2 * (channels + 1)))
+  assert kernel.std() == pytest.approx(keras_std, rel=0.05)
+
+
 def test_conv_bn_train_mode_normalises_with_batch_statistics():
   x = np.random.default_rng(7).normal(2.0, 3.0, (4, 6, 6, 3)).astype(
       np.float32)

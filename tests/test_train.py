@@ -101,9 +101,9 @@ def tiny_overrides(data_dir, **extra):
           'optim.learning_rate': 0.005, 'log_every_steps': 2, **extra}
 
 
-def run_subprocess(command, env_extra=None, timeout=600):
+def run_subprocess(command, env_extra=None, timeout=600, cwd=REPO):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **(env_extra or {})}
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+  result = subprocess.run(command, cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
   if result.returncode:
     raise AssertionError(f'{command} failed:\n{result.stderr[-3000:]}')
@@ -144,18 +144,22 @@ def test_loss_decreases_and_eval_counts_every_example(data_dir, tmp_path):
   assert test_size % 16 and result['num_examples'] == test_size
 
 
-def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path):
+def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path,
+                                                 monkeypatch):
+  # A relative workdir, as `make run` gives (orbax writes only absolute ones).
+  monkeypatch.chdir(tmp_path)
+  workdir = tmp_path / 'run'
   config = tiny_config(data_dir, **{'optim.ema_decay': 0.9})
-  final = train.train_and_evaluate(config, str(tmp_path))
-  os.remove(tmp_path / 'eval' / 'step_6.json')
-  command = [sys.executable, '-m', 'mobilenet_jax.evaluate',
-             f'--workdir={tmp_path}', '--step=6']
-  run_subprocess(command)
-  again = json.loads((tmp_path / 'eval' / 'step_6.json').read_text())
+  final = train.train_and_evaluate(config, 'run')
+  os.remove(workdir / 'eval' / 'step_6.json')
+  command = [sys.executable, '-m', 'mobilenet_jax.evaluate', '--workdir=run',
+             '--step=6']
+  run_subprocess(command, cwd=tmp_path)
+  again = json.loads((workdir / 'eval' / 'step_6.json').read_text())
   assert again == final
   # --all evaluates every kept checkpoint (steps 3 and 6), without EMA too.
-  run_subprocess(command[:-1] + ['--all', '--use_ema=false'])
-  at_3 = json.loads((tmp_path / 'eval' / 'step_3.json').read_text())
+  run_subprocess(command[:-1] + ['--all', '--use_ema=false'], cwd=tmp_path)
+  at_3 = json.loads((workdir / 'eval' / 'step_3.json').read_text())
   assert at_3['step'] == 3 and at_3['ema'] is False
 
 
