@@ -5,9 +5,9 @@ mobilenet_v1_standard, a full 3x3 conv in place of every depthwise-separable
 pair) and writes our top-1 next to the paper's. The cost columns are our
 models' at the paper's setting (alpha 1.0, 224 px, 1000 classes), whatever
 the runs train on. The offline default trains at the default config's
-alpha 0.5 and --rho=0.75 (48 px), where the full-convolution run, 7x the
-separable one's step time, keeps the experiment within 15 minutes on 2 CPU
-cores; --config.model.alpha=1.0 --rho=1 trains the paper's setting.
+alpha 0.5 and --rho=0.75 (48 px), where the full-convolution run (over 10x
+the separable one's step time) keeps the experiment within 15 minutes on 2
+CPU cores; --config.model.alpha=1.0 --rho=1 trains the paper's setting.
 
   python -m experiments.separable_vs_standard      # offline `shapes`, CPU
   python -m experiments.separable_vs_standard --steps=0 --rho=1 \

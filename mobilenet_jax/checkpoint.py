@@ -36,12 +36,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def absolute_path(path) -> epath.Path:
+  """`path` made absolute if it is local (gs:// paths already are): orbax's
+  array writer rejects relative paths, and an async save reports that only
+  from its background thread, after the step that asked for it."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.resolve()
+
+
 def checkpoint_dir(workdir: str) -> epath.Path:
-  """WORKDIR/checkpoints, made absolute when local: orbax's array writer
-  rejects a relative path (in its background thread, so a relative --workdir
-  would otherwise lose its checkpoints)."""
-  path = epath.Path(workdir) / CHECKPOINT_SUBDIR
-  return path if '://' in workdir else path.absolute()
+  return absolute_path(workdir) / CHECKPOINT_SUBDIR
 
 
 def create_manager(workdir: str, keep: int | None = None,

@@ -25,7 +25,6 @@ import sys
 
 from absl import app
 from absl import flags
-from etils import epath
 import flax.linen as nn
 from flax import traverse_util
 import jax
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import keras
 import orbax.checkpoint as ocp
 
+from mobilenet_jax import checkpoint
 from mobilenet_jax import layers
 from mobilenet_jax import models
 
@@ -176,11 +176,6 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
   return model, traverse_util.unflatten_dict(flat)
 
 
-def _absolute(path) -> epath.Path:
-  path = epath.Path(path)
-  return path if path.is_absolute() else path.resolve()
-
-
 def convert_file(keras_path: str, name: str, output: str,
                  alpha: float = 1.0) -> None:
   """Converts a saved `.keras` model and writes `output`/{variables,model.json}.
@@ -190,7 +185,7 @@ def convert_file(keras_path: str, name: str, output: str,
   if name not in models.REGISTRY:
     raise ValueError(
         f'model must be one of {sorted(models.REGISTRY)}, got {name!r}')
-  output = _absolute(output)
+  output = checkpoint.absolute_path(output)
   if output.exists() and (not output.is_dir() or any(output.iterdir())):
     raise ValueError(f'output {output} exists and is not empty; refusing to '
                      'overwrite it')
@@ -201,7 +196,7 @@ def convert_file(keras_path: str, name: str, output: str,
   # Written last: its presence marks a complete conversion.
   (output / MODEL_FILE).write_text(json.dumps(
       {'model': name, 'alpha': alpha, 'num_classes': model.num_classes,
-       'source': str(_absolute(keras_path))}, indent=2))
+       'source': str(checkpoint.absolute_path(keras_path))}, indent=2))
 
 
 def load_converted(directory: str):
@@ -212,7 +207,7 @@ def load_converted(directory: str):
     the model ({'name', 'alpha', 'num_classes'}); variables are
     {'params': ..., 'batch_stats': ...}.
   """
-  directory = _absolute(directory)
+  directory = checkpoint.absolute_path(directory)
   meta = json.loads((directory / MODEL_FILE).read_text())
   model_kwargs = {'name': meta['model'], 'alpha': meta['alpha'],
                   'num_classes': meta['num_classes']}
