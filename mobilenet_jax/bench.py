@@ -4,7 +4,7 @@ or of the training input pipeline alone.
   python -m mobilenet_jax.bench --model=mobilenet_v2 [--alpha=1.0] \
       [--resolution=224] [--batch_size=32] [--dtype=float32|bfloat16] \
       [--mode=train|infer] [--depthwise_impl=auto] [--steps=10] [--warmup=2] \
-      [--json]
+      [--trace_dir=DIR] [--json]
   python -m mobilenet_jax.bench --data [--dataset=shapes] [--data_dir=...] \
       [--resolution=224] [--batch_size=32] [--steps=10] [--warmup=2] [--json]
 
@@ -19,6 +19,9 @@ Python process itself).
 With `--data`, each step is one host batch from `data.create_train_iterator`
 (decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
 the time to the first batch (preparing the dataset, filling the cache).
+
+`--trace_dir` also traces the timed steps with `jax.profiler` and reports
+their time per layer kind and pass (`mobilenet_jax.step_profile`).
 
 Train mode times `train.train_step` (forward, backward, optimizer update,
 BatchNorm statistics and EMA) with the default optimizer of `optim`
@@ -42,6 +45,7 @@ from mobilenet_jax import depthwise
 from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import state as state_lib
+from mobilenet_jax import step_profile
 from mobilenet_jax import train
 
 MODES = ('train', 'infer')
@@ -124,9 +128,15 @@ def _infer_step_fn(model, resolution: int, rng):
 def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
                     batch_size: int = 32, dtype: str = 'float32',
                     mode: str = 'train', depthwise_impl: str = 'auto',
-                    steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
+                    steps: int = 10, warmup: int = 2, seed: int = 0,
+                    trace_dir: str | None = None) -> dict:
   """Times `steps` train or inference steps of one model; returns the
-  settings and `summarize`'s figures plus `compile_s` and `peak_mem_mb`."""
+  settings and `summarize`'s figures plus `compile_s` and `peak_mem_mb`.
+
+  With `trace_dir`, the timed steps run under `jax.profiler` (a trace for
+  TensorBoard or Perfetto there) and the result gains `layer_ms`: their time
+  per layer kind and pass (`step_profile.layer_times`).
+  """
   _check('mode', mode, MODES)
   _check('dtype', dtype, DTYPES)
   _check_counts(steps, warmup, batch_size)
@@ -156,11 +166,18 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
   for i in range(warmup + steps):
     if i:
       batch = jax.block_until_ready(next(batches))
+    if i == warmup and trace_dir:
+      jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     start = time.perf_counter()
     carry, out = jax.block_until_ready(compiled(carry, batch))
     if i >= warmup:
       times.append(time.perf_counter() - start)
   del out
+  profile = {}
+  if trace_dir:
+    jax.profiler.stop_trace()
+    profile['layer_ms'] = step_profile.layer_times(
+        trace_dir, compiled.as_text(), steps)
   peak_mb, peak_source = peak_memory_mb()
   return {
       'model': name, 'alpha': alpha, 'resolution': resolution,
@@ -173,6 +190,7 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
       **summarize(times, batch_size),
       'compile_s': compile_s,
       'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,
+      **profile,
   }
 
 
@@ -225,6 +243,10 @@ def _print_model(result):
   _print_timing(result)
   print(f"  compile {result['compile_s']:.1f} s; peak memory "
         f"{result['peak_mem_mb']:.0f} MB ({result['peak_mem_source']})")
+  if 'layer_ms' in result:
+    print('  ms per step by layer kind (XLA ops, summed over threads):')
+    for row in result['layer_ms'][:20]:
+      print(f"    {row['ms_per_step']:9.1f}  {row['pass']:8s}  {row['layer']}")
 
 
 _MODEL = flags.DEFINE_string(
@@ -248,6 +270,9 @@ _DATASET = flags.DEFINE_string('dataset', 'shapes',
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 'With --data: tfds data directory.')
 _SPLIT = flags.DEFINE_string('split', 'train', 'With --data: the split.')
+_TRACE_DIR = flags.DEFINE_string(
+    'trace_dir', None, 'Trace the timed steps with jax.profiler into this '
+    'directory and report their time per layer kind and pass.')
 _JSON = flags.DEFINE_bool('json', False,
                           'Print only one JSON object on stdout.')
 
@@ -270,7 +295,7 @@ def main(argv):
           _MODEL.value, alpha=_ALPHA.value, resolution=_RESOLUTION.value,
           batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, mode=_MODE.value,
           depthwise_impl=_DEPTHWISE_IMPL.value, steps=_STEPS.value,
-          warmup=_WARMUP.value, seed=_SEED.value)
+          warmup=_WARMUP.value, seed=_SEED.value, trace_dir=_TRACE_DIR.value)
   if _JSON.value:
     json.dump(result, sys.stdout)
     sys.stdout.write('\n')
