@@ -1,5 +1,10 @@
-"""The experiments' tables: cost columns at the paper's setting against the
-papers' published numbers, and our measured columns from sweep rows."""
+"""The experiments' tables (cost columns at the paper's setting against the
+papers' published numbers, our measured columns from sweep rows) and their
+command lines."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -9,6 +14,8 @@ from experiments import expansion
 from experiments import separable_vs_standard
 from experiments import width_resolution
 from mobilenet_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(table):
@@ -79,3 +86,30 @@ def test_expansion_costs_grow_linearly_with_t():
   assert max(steps) - min(steps) <= 2  # rounding of three cells
   # t = 1 drops the expansion conv as well: below the linear extrapolation.
   assert float(rows[1.0]['ours MACs (M)']) < macs[0] - steps[0] / 2
+
+
+def _experiment(module, *args):
+  return subprocess.run(
+      [sys.executable, '-m', module, '--dry_run', *args], cwd=REPO,
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_experiment_dry_run_adds_its_own_flags_to_every_run(tmp_path):
+  result = _experiment('experiments.separable_vs_standard',
+                       f'--workdir={tmp_path}', '--steps=7', '--rho=0.5')
+  assert result.returncode == 0, result.stderr[-2000:]
+  commands = result.stdout.splitlines()
+  assert [c.split('--config.model.name=')[1].split()[0] for c in commands] == [
+      'mobilenet_v1', 'mobilenet_v1_standard']
+  for command in commands:
+    assert '--config.data.rho=0.5' in command
+    assert '--config.num_train_steps=7' in command
+  assert not list(tmp_path.iterdir())  # a dry run trains nothing
+
+
+def test_experiment_refuses_a_config_override_of_its_own_flag(tmp_path):
+  result = _experiment('experiments.separable_vs_standard',
+                       f'--workdir={tmp_path}', '--config.data.rho=0.5')
+  assert result.returncode == 1
+  assert 'drop --config.data.rho' in result.stderr
