@@ -194,12 +194,15 @@ def test_pointwise_conv_matches_einsum(strides):
                              atol=1e-5)
 
 
-def test_pointwise_gradients_match_closed_form():
+# Wider and narrower outputs: the weight gradient's two dot orders.
+@pytest.mark.parametrize('features', [4, 2])
+def test_pointwise_gradients_match_closed_form(features):
   rng = np.random.default_rng(5)
   x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
-  module = layers.ConvBN(features=4, kernel_size=1, activation='identity')
+  module = layers.ConvBN(features=features, kernel_size=1,
+                         activation='identity')
   variables, kernel = _conv_bn_variables(module, x, 1)
-  g = rng.normal(size=(2, 5, 5, 4)).astype(np.float32)
+  g = rng.normal(size=(2, 5, 5, features)).astype(np.float32)
 
   def conv(params, x):
     return module.apply({'params': params,
