@@ -46,12 +46,13 @@ def layer_of(op_name: str) -> tuple[str, str]:
 
 
 def _trace_events(trace_dir: str) -> list[dict]:
-  """The complete events of the newest trace under `trace_dir`."""
-  runs = sorted((epath.Path(trace_dir) / 'plugins' / 'profile').iterdir())
-  if not runs:
+  """The complete events of the newest trace under `trace_dir` (jax.profiler
+  writes one per run to plugins/profile/<timestamp>/)."""
+  paths = sorted(
+      epath.Path(trace_dir).glob('plugins/profile/*/*.trace.json.gz'))
+  if not paths:
     raise ValueError(f'no jax.profiler trace under {trace_dir}')
-  [path] = sorted(runs[-1].glob('*.trace.json.gz'))
-  with gzip.open(path.open('rb')) as f:
+  with gzip.open(paths[-1].open('rb')) as f:
     trace = json.load(f)
   return [e for e in trace['traceEvents'] if e.get('ph') == 'X']
 
