@@ -52,6 +52,12 @@ import os
 os.environ['KERAS_BACKEND'] = 'jax'
 
 # pylint: disable=g-import-not-at-top
+if __name__ == '__main__':
+  # Before the heavy imports: this may re-execute the process. The tunable
+  # holds for every system here (torch's buffers come from malloc too).
+  from mobilenet_jax import host_memory
+  host_memory.restart_with_huge_pages()
+
 import contextlib
 import dataclasses
 import datetime

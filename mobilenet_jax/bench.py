@@ -14,7 +14,9 @@ gives the median and the spread (min, quartiles, max) of the timed steps
 after `warmup` untimed ones, the compile time (`jit(...).lower(...).compile()`)
 and the peak memory: the device's `memory_stats()` where it has them (TPU,
 GPU), else the process's maximum resident set size (CPU; it includes the
-Python process itself).
+Python process itself). Run as a command, it first restarts itself with
+transparent huge pages for malloc (`mobilenet_jax.host_memory`); the result's
+`glibc_tunables` says what it ran with.
 
 With `--data`, each step is one host batch from `data.create_train_iterator`
 (decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
@@ -28,9 +30,15 @@ BatchNorm statistics and EMA) with the default optimizer of `optim`
 (TF RMSProp, EMA 0.9999); infer mode times `model.apply(..., train=False)`.
 """
 
+if __name__ == '__main__':
+  # First, before the heavy imports: this may re-execute the process.
+  from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.restart_with_huge_pages()
+
 import contextlib
 import functools
 import json
+import os
 import resource
 import sys
 import time
@@ -42,6 +50,7 @@ import numpy as np
 
 from mobilenet_jax import data
 from mobilenet_jax import depthwise
+from mobilenet_jax import host_memory
 from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import state as state_lib
@@ -187,6 +196,7 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
       'steps': steps, 'warmup': warmup,
       'backend': jax.default_backend(),
       'device_kind': jax.local_devices()[0].device_kind,
+      'glibc_tunables': os.environ.get(host_memory.TUNABLES, ''),
       **summarize(times, batch_size),
       'compile_s': compile_s,
       'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,

@@ -9,6 +9,11 @@ evaluation writes. `--watch` is a sidecar evaluator: it polls the workdir for
 new checkpoints and exits after evaluating the final step.
 """
 
+if __name__ == '__main__':
+  # First, before the heavy imports: this may re-execute the process.
+  from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.restart_with_huge_pages()
+
 import functools
 import sys
 import json

@@ -8,6 +8,11 @@ checkpoint. Multi-host: on TPU VM pod slices jax.distributed is auto-detected;
 elsewhere pass --coordinator_address, --num_processes and --process_id.
 """
 
+if __name__ == '__main__':
+  # First, before the heavy imports: this may re-execute the process.
+  from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.restart_with_huge_pages()
+
 import sys
 
 from absl import app
