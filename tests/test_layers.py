@@ -286,6 +286,16 @@ def test_relu6():
   assert layers.ACTIVATIONS['relu6'] is layers.relu6
 
 
+def test_relu6_gradient_is_tensorflows():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  grid = np.concatenate([_GRID, [0.0, 6.0]]).astype(np.float32)
+  ones = np.ones_like(grid)
+  expected = tf.raw_ops.Relu6Grad(gradients=ones, features=grid).numpy()
+  np.testing.assert_array_equal(
+      jax.vmap(jax.grad(layers.relu6))(grid), expected)
+  assert expected[-2] == expected[-1] == 0  # 0 at both kinks
+
+
 def test_hard_sigmoid():
   # V3 paper section 5.2: ReLU6(x + 3) / 6, i.e. 0 below -3, 1 above 3.
   expected = np.piecewise(_GRID, [_GRID <= -3, _GRID >= 3],
