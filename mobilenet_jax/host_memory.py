@@ -7,7 +7,7 @@ anew, 4 KiB at a time. A MobileNetV2 1.0 / 224 px / batch 32 train step on
 CPU took 640k page faults (2.6 GB) per step, a third of its time in the
 kernel. glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes malloc
 ask for transparent huge pages (madvise), which fault 2 MiB at a time: 1.6k
-faults, and the step took 1.4-1.8 s instead of 2.2 (README, Speed).
+faults, and the step took 1.4-2.0 s instead of 2.2-2.7 (README, Speed).
 
 glibc reads tunables once, at process start, so `restart_with_huge_pages`
 re-executes the process with the tunable set. The entry points that run
@@ -28,7 +28,9 @@ def _glibc_version() -> tuple[int, ...]:
     name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
   except (AttributeError, ValueError, OSError):
     return ()
-  return tuple(int(part) for part in version.split('.')) if name == 'glibc' else ()
+  if name != 'glibc':
+    return ()
+  return tuple(int(part) for part in version.split('.'))
 
 
 def _thp_mode() -> str:
