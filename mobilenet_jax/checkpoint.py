@@ -64,8 +64,26 @@ def save(manager: ocp.CheckpointManager, step: int, state) -> None:
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   """Restores into `abstract_state`'s structure and shardings, so a
-  checkpoint saved on N devices restores on M."""
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  checkpoint saved on N devices restores on M.
+
+  A checkpoint whose tree differs from `abstract_state` (another model or
+  optimizer, or a TrainState layout of an older version) raises a one-line
+  ValueError naming the difference.
+  """
+  try:
+    return manager.restore(step,
+                           args=ocp.args.StandardRestore(abstract_state))
+  except ValueError as e:
+    lines = str(e).splitlines()
+    # orbax either says it in one line or lists each differing path on an
+    # unindented line ending in ':'.
+    fields = [line[:-1] for line in lines[1:]
+              if line.endswith(':') and not line.startswith(' ')]
+    raise ValueError(
+        f'checkpoint {os.fspath(manager.directory / str(step))} does not fit '
+        f'this TrainState (saved by another config or an older layout): '
+        + (f'differing fields {", ".join(fields)}' if fields else lines[0])
+    ) from e
 
 
 def checkpoint_path(workdir: str, step: int) -> str:

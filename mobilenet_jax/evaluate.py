@@ -79,10 +79,11 @@ def write_result(workdir: str, result: dict) -> str:
 
 def evaluation_variables(state, use_ema: bool) -> dict:
   if use_ema:
-    if state.ema_params is None:
+    if state.ema is None:
       raise ValueError('use_ema is true but this run kept no EMA weights '
                        '(optim.ema_decay = 0)')
-    return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
+    return state_lib.unravel_variables(state.ema, state.params,
+                                       state.batch_stats)
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 

@@ -221,17 +221,24 @@ def create_optimizer(optim_config, num_train_steps: int, params, *,
                                            steps_per_epoch)
   c = optim_config
   decay_mask = weight_decay_mask(params, decay_depthwise=c.decay_depthwise)
+  decay = (optax.add_decayed_weights(c.weight_decay, decay_mask)
+           if c.weight_decay > 0 else optax.identity())
   momentum = c.momentum or None
+  # The stateful parts run on one flat vector (optax.flatten): per-leaf
+  # updates would be three small XLA kernels per parameter (~600 for V2),
+  # a third of the train step's compile time on CPU.
   if c.name == 'sgd':
-    tx = optax.sgd(schedule, momentum=momentum, nesterov=c.nesterov)
+    tx = optax.chain(decay, optax.flatten(optax.sgd(
+        schedule, momentum=momentum, nesterov=c.nesterov)))
   elif c.name == 'rmsprop_tf':
-    tx = optax.rmsprop(schedule, decay=c.rmsprop_decay, eps=c.rmsprop_epsilon,
-                       initial_scale=1.0, eps_in_sqrt=True, momentum=momentum)
-  else:
-    tx = optax.adamw(schedule, b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_epsilon,
-                     weight_decay=c.weight_decay, mask=decay_mask)
-  if c.name != 'adamw' and c.weight_decay > 0:
-    tx = optax.chain(optax.add_decayed_weights(c.weight_decay, decay_mask), tx)
+    tx = optax.chain(decay, optax.flatten(optax.rmsprop(
+        schedule, decay=c.rmsprop_decay, eps=c.rmsprop_epsilon,
+        initial_scale=1.0, eps_in_sqrt=True, momentum=momentum)))
+  else:  # optax.adamw's chain, with its masked decay outside the flat part.
+    tx = optax.chain(
+        optax.flatten(optax.scale_by_adam(
+            b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_epsilon)),
+        decay, optax.scale_by_learning_rate(schedule))
   if c.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), tx)
   if trainable_mask is not None:
@@ -256,8 +263,9 @@ def ema_decay_at(step, decay: float, warmup: bool = True):
 
 
 def ema_update(ema_params, params, decay):
-  """ema = decay * ema + (1 - decay) * params, leaf by leaf (params or
-  batch_stats); keeps the EMA's dtypes."""
+  """ema = decay * ema + (1 - decay) * params, leaf by leaf (any pytree; the
+  train step's is one vector, `state.ravel_variables`); keeps the EMA's
+  dtypes."""
   return jax.tree.map(
       lambda e, p: (decay * e + (1 - decay) * p).astype(e.dtype),
       ema_params, params)

@@ -58,15 +58,13 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, tx,
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
-  if ema_params is not None:
-    decay = optim.ema_decay_at(state.step, ema_decay)
-    ema_params = optim.ema_update(ema_params, params, decay)
-    ema_batch_stats = optim.ema_update(ema_batch_stats, batch_stats, decay)
+  ema = state.ema
+  if ema is not None:
+    ema = optim.ema_update(ema, state_lib.ravel_variables(params, batch_stats),
+                           optim.ema_decay_at(state.step, ema_decay))
   new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats,
-      opt_state=opt_state, ema_params=ema_params,
-      ema_batch_stats=ema_batch_stats)
+      opt_state=opt_state, ema=ema)
   metrics = {
       'loss': loss,
       'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),

@@ -191,6 +191,36 @@ def test_adamw_decay_is_decoupled_and_masked():
   np.testing.assert_array_equal(updates['bn']['scale'], 0.0)
 
 
+def test_adamw_matches_optax_adamw():
+  lr, wd = 0.01, 0.1
+  config = make_config(name='adamw', schedule='constant', learning_rate=lr,
+                       weight_decay=wd, adam_b1=0.8, adam_b2=0.99,
+                       adam_epsilon=1e-6)
+  params = small_params()
+  grads = random_grads(params, 4)
+  tx, _ = optim.create_optimizer(config, 10, params)
+  mask = optim.weight_decay_mask(params, decay_depthwise=False)
+  reference = optax.adamw(lr, b1=0.8, b2=0.99, eps=1e-6, weight_decay=wd,
+                          mask=mask)
+  got, expected = run_steps(tx, params, grads), run_steps(reference, params,
+                                                           grads)
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('name,statistics',
+                         [('sgd', 1), ('rmsprop_tf', 2), ('adamw', 2)])
+def test_optimizer_state_is_one_vector_per_statistic(name, statistics):
+  # Per-leaf state would be `statistics` vectors per parameter leaf: one
+  # small XLA kernel each in the train step.
+  params = small_params()
+  config = make_config(name=name, schedule='constant')
+  tx, _ = optim.create_optimizer(config, 10, params)
+  vectors = [x for x in jax.tree.leaves(tx.init(params)) if x.ndim > 0]
+  assert [x.shape for x in vectors] == [(2 * 3 + 3 + 3,)] * statistics
+
+
 def test_grad_clip_norm_scales_the_gradient():
   config = make_config(name='sgd', schedule='constant', learning_rate=1.0,
                        momentum=0.0, weight_decay=0.0, grad_clip_norm=0.5)

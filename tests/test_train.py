@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
+import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -18,6 +20,7 @@ from configs import default
 from mobilenet_jax import checkpoint
 from mobilenet_jax import evaluate
 from mobilenet_jax import models
+from mobilenet_jax import optim
 from mobilenet_jax import parallel
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import train
@@ -260,7 +263,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(data_dir, tmp_path):
   run_subprocess(main_command(overrides, straight))
   a, b = restored_state(str(straight)), restored_state(str(resumed))
   assert int(a.step) == int(b.step) == 300
-  for field in ('params', 'batch_stats', 'ema_params', 'opt_state'):
+  for field in ('params', 'batch_stats', 'ema', 'opt_state'):
     assert_trees_close(getattr(a, field), getattr(b, field), rtol=1e-5,
                        atol=1e-6)
 
@@ -288,6 +291,66 @@ def test_frozen_backbone_transfer_keeps_backbone(data_dir, tmp_path):
       state_lib.model_from_config(config.model, 100),
       jax.random.PRNGKey(0), 32)['params']['classifier']['kernel']
   assert not np.allclose(new["['classifier']['kernel']"], first)
+
+
+def test_train_step_ema_is_the_decayed_average_of_the_variables():
+  model = models.create_model('mobilenet_v1', num_classes=4, alpha=0.25)
+  config = optim.default_optim_config()
+  config.schedule = 'constant'
+  key = jax.random.PRNGKey(0)
+  variables = state_lib.init_variables(model, key, 32)
+  tx, schedule = optim.create_optimizer(config, 10, variables['params'])
+  state = state_lib.create_train_state(model, tx, key, 32, use_ema=True,
+                                       variables=variables)
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32),
+           'label': jnp.asarray([0, 1, 2, 3])}
+  step = functools.partial(
+      train.train_step, model=model, tx=tx, schedule=schedule, num_classes=4,
+      label_smoothing=0.1, ema_decay=0.9999, frozen_backbone=False)
+  new = jax.jit(step)(state, batch)[0]
+  decay = 1 / 10  # TF's warm-up at step 0: min(0.9999, (1 + 0) / (10 + 0))
+  expected = jax.tree.map(
+      lambda old, now: decay * old + (1 - decay) * now, variables,
+      {'params': new.params, 'batch_stats': new.batch_stats})
+  got = evaluate.evaluation_variables(new, use_ema=True)
+  assert_trees_close(got, expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(flat(got)["['params']['classifier']['kernel']"],
+                         flat(new.params)["['classifier']['kernel']"])
+
+
+def test_unravel_variables_checks_the_vector_size():
+  variables = jax.eval_shape(lambda: state_lib.init_variables(
+      models.create_model('mobilenet_v2', alpha=0.35), jax.random.PRNGKey(0),
+      32))
+  size = sum(x.size for x in jax.tree.leaves(variables))
+  back = state_lib.unravel_variables(jnp.arange(size, dtype=jnp.float32),
+                                     variables['params'],
+                                     variables['batch_stats'])
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), back) == jax.tree.map(
+      lambda x: (x.shape, x.dtype), variables)
+  with pytest.raises(ValueError, match=rf'EMA vector has shape \({size - 1},\)'):
+    state_lib.unravel_variables(jnp.zeros(size - 1), variables['params'],
+                                variables['batch_stats'])
+
+
+def test_restoring_a_checkpoint_of_another_layout_names_the_fields(tmp_path):
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.save(manager, 1, {'params': jnp.ones(3), 'ema_params': jnp.ones(3),
+                               'opt_state': {'mu': jnp.ones(3)}})
+  manager.wait_until_finished()
+  vector = jax.ShapeDtypeStruct((3,), jnp.float32)
+  for abstract, names in [
+      ({'params': vector, 'ema': vector, 'opt_state': {'mu': vector}},
+       ['ema_params', "('ema',)"]),
+      ({'params': vector, 'ema_params': vector, 'opt_state': vector},
+       ['opt_state'])]:
+    with pytest.raises(ValueError) as error:
+      checkpoint.restore(manager, 1, abstract)
+    message = str(error.value)
+    assert '\n' not in message and 'does not fit' in message
+    for name in names:
+      assert name in message, message
 
 
 def test_bad_settings_fail_before_training(data_dir, tmp_path):
