@@ -114,7 +114,7 @@ SHAPES_NOTE = (
     'On `shapes` every model sits at chance for its first 100-200 steps '
     'before it finds the shapes; in runs this short, accuracy mostly '
     'measures how soon a model leaves that plateau (the default run, V1 '
-    'alpha 0.5 for 1000 steps, reaches 95-97%). Longer runs: --steps=N.')
+    'alpha 0.5 for 1000 steps, reaches 95-98%). Longer runs: --steps=N.')
 
 
 def report(title: str, module: str, notes: Sequence[str],
