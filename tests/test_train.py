@@ -1,13 +1,13 @@
 """Training: one step per family, learning, data parallelism, multi-host,
 resume after preemption, transfer learning, evaluation of checkpoints."""
 
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import functools
 import time
 
 import jax
@@ -329,7 +329,8 @@ def test_unravel_variables_checks_the_vector_size():
                                      variables['batch_stats'])
   assert jax.tree.map(lambda x: (x.shape, x.dtype), back) == jax.tree.map(
       lambda x: (x.shape, x.dtype), variables)
-  with pytest.raises(ValueError, match=rf'EMA vector has shape \({size - 1},\)'):
+  with pytest.raises(ValueError,
+                     match=rf'EMA vector has shape \({size - 1},\)'):
     state_lib.unravel_variables(jnp.zeros(size - 1), variables['params'],
                                 variables['batch_stats'])
 
