@@ -7,7 +7,7 @@ V3 with `minimalistic=True` -> mobilenet_v3_*_minimal. V3 must be built with
 `include_preprocessing=False`: our models take images already scaled.
 
 Both networks are listed as their weighted layers in call order (ours: every
-nn.Conv, nn.Dense, layers.DepthwiseConv and nn.BatchNorm; Keras': every
+nn.Conv, nn.Dense, layers.DepthwiseConv and batch_norm.BatchNorm; Keras': every
 Conv2D, DepthwiseConv2D, BatchNormalization and Dense) and zipped, checking
 kinds and shapes; the first layer that does not line up is a ValueError.
 Layouts: Keras' depthwise kernel (k, k, C, 1) is our (k, k, 1, C); its 1x1
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import keras
 import orbax.checkpoint as ocp
 
+from mobilenet_jax import batch_norm
 from mobilenet_jax import checkpoint
 from mobilenet_jax import layers
 from mobilenet_jax import models
@@ -41,8 +42,9 @@ MODEL_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
 
 # Our weighted modules and their kinds (nn.Dense is no nn.Conv subclass).
-_OUR_KINDS = ((nn.BatchNorm, 'batch_norm'), (layers.DepthwiseConv, 'depthwise'),
-              (nn.Dense, 'dense'), (nn.Conv, 'conv'))
+_OUR_KINDS = ((batch_norm.BatchNorm, 'batch_norm'),
+              (layers.DepthwiseConv, 'depthwise'), (nn.Dense, 'dense'),
+              (nn.Conv, 'conv'))
 
 
 def abstract_variables(model: nn.Module) -> dict:

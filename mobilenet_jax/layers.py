@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax import batch_norm
 from mobilenet_jax import depthwise
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -177,7 +178,7 @@ class ConvBN(nn.Module):
           kernel_init=nn.initializers.variance_scaling(
               2.0, 'fan_out', 'truncated_normal'),
           dtype=self.dtype, name='conv')(x)
-    x = nn.BatchNorm(
+    x = batch_norm.BatchNorm(
         use_running_average=not train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
     return ACTIVATIONS[self.activation](x)

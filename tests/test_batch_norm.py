@@ -1,0 +1,158 @@
+"""batch_norm.BatchNorm against flax.linen.BatchNorm and autodiff."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilenet_jax import batch_norm
+
+MOMENTUM = 0.9
+EPS = 1e-3
+
+
+def _ours(train, dtype=jnp.float32):
+  return batch_norm.BatchNorm(use_running_average=not train,
+                              momentum=MOMENTUM, epsilon=EPS, dtype=dtype)
+
+
+def _flax(train, dtype=jnp.float32):
+  return nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM,
+                      epsilon=EPS, dtype=dtype)
+
+
+def _inputs(seed, shape=(3, 5, 4, 6)):
+  """An input far from zero mean and unit variance, and random variables."""
+  rng = np.random.default_rng(seed)
+  x = (2.5 * rng.normal(size=shape) + 1.5).astype(np.float32)
+  c = shape[-1]
+  variables = {
+      'params': {'scale': rng.uniform(0.5, 2.0, c).astype(np.float32),
+                 'bias': rng.normal(size=c).astype(np.float32)},
+      'batch_stats': {'mean': rng.normal(size=c).astype(np.float32),
+                      'var': rng.uniform(0.5, 2.0, c).astype(np.float32)}}
+  return x, variables
+
+
+def test_variables_match_flax():
+  x = jnp.zeros((2, 3, 3, 5))
+  ours = _ours(train=True).init(jax.random.key(0), x)
+  theirs = _flax(train=True).init(jax.random.key(0), x)
+  assert (jax.tree.map(lambda a: (a.shape, a.dtype), ours)
+          == jax.tree.map(lambda a: (a.shape, a.dtype), theirs))
+  # Initialising in training mode leaves the running statistics fresh.
+  np.testing.assert_array_equal(ours['batch_stats']['mean'], np.zeros(5))
+  np.testing.assert_array_equal(ours['batch_stats']['var'], np.ones(5))
+
+
+def test_training_forward_and_running_statistics_match_flax():
+  x, variables = _inputs(0)
+
+  def apply(module):
+    return jax.jit(lambda v, x: module.apply(v, x, mutable=['batch_stats']))(
+        variables, x)
+
+  y, stats = apply(_ours(train=True))
+  y_flax, stats_flax = apply(_flax(train=True))
+  np.testing.assert_allclose(y, y_flax, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               stats, stats_flax)
+  # Independently: each channel of y has mean `bias` and std ~`scale`.
+  np.testing.assert_allclose(y.mean((0, 1, 2)), variables['params']['bias'],
+                             atol=1e-5)
+  batch_mean = x.mean((0, 1, 2))
+  np.testing.assert_allclose(
+      stats['batch_stats']['mean'],
+      MOMENTUM * variables['batch_stats']['mean']
+      + (1 - MOMENTUM) * batch_mean, rtol=1e-5)
+
+
+def test_inference_matches_flax():
+  x, variables = _inputs(1)
+  y = jax.jit(_ours(train=False).apply)(variables, x)
+  y_flax = jax.jit(_flax(train=False).apply)(variables, x)
+  np.testing.assert_allclose(y, y_flax, rtol=1e-6, atol=1e-6)
+  stats = variables['batch_stats']
+  expected = ((x - stats['mean']) / np.sqrt(stats['var'] + EPS)
+              * variables['params']['scale'] + variables['params']['bias'])
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(3, 5, 4, 6), (2, 1, 1, 3)])
+def test_gradients_match_flax_autodiff(shape):
+  x, variables = _inputs(2, shape)
+  g = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+
+  def vjp(module):
+    def f(params, x):
+      y, _ = module.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']}, x,
+          mutable=['batch_stats'])
+      return y
+    return jax.jit(lambda p, x: jax.vjp(f, p, x)[1](g))(
+        variables['params'], x)
+
+  (dparams, dx), (dparams_flax, dx_flax) = (vjp(_ours(train=True)),
+                                            vjp(_flax(train=True)))
+  np.testing.assert_allclose(dx, dx_flax, rtol=1e-4, atol=1e-5)
+  for name in ('scale', 'bias'):
+    np.testing.assert_allclose(dparams[name], dparams_flax[name], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_gradients_through_statistics_match_autodiff():
+  # Cotangents on the returned mean and var too: the hand-written backward
+  # against autodiff of the same forward pass.
+  x, variables = _inputs(4)
+  scale, bias = variables['params']['scale'], variables['params']['bias']
+  rng = np.random.default_rng(5)
+  cotangents = (rng.normal(size=x.shape).astype(np.float32),
+                rng.normal(size=6).astype(np.float32),
+                rng.normal(size=6).astype(np.float32))
+
+  def autodiff_forward(x, scale, bias):
+    return batch_norm._normalize_batch_forward(x, scale, bias, EPS)[0]
+
+  def grads(f):
+    return jax.jit(lambda x, s, b: jax.vjp(f, x, s, b)[1](cotangents))(
+        x, scale, bias)
+
+  ours = grads(lambda x, s, b: batch_norm.normalize_batch(x, s, b, EPS))
+  for a, b in zip(ours, grads(autodiff_forward)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_matches_flax():
+  x, variables = _inputs(6)
+  x = x.astype(jnp.bfloat16)
+  g = np.random.default_rng(7).normal(size=x.shape).astype(jnp.bfloat16)
+
+  def run(module):
+    def f(params, x):
+      y, stats = module.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']}, x,
+          mutable=['batch_stats'])
+      return y, stats
+    y, pullback, stats = jax.vjp(f, variables['params'], x, has_aux=True)
+    return y, stats, pullback(g)
+
+  y, stats, (dparams, dx) = jax.jit(lambda: run(_ours(True, jnp.bfloat16)))()
+  y_f, stats_f, (dparams_f, dx_f) = jax.jit(
+      lambda: run(_flax(True, jnp.bfloat16)))()
+  assert y.dtype == dx.dtype == jnp.bfloat16
+  assert stats['batch_stats']['var'].dtype == jnp.float32
+  # Statistics are float32 from the same bfloat16 input: equal to rounding.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+               stats, stats_f)
+  f32 = lambda a: np.asarray(a, np.float32)
+  np.testing.assert_allclose(f32(y), f32(y_f), rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(f32(dx), f32(dx_f), rtol=5e-2, atol=5e-2)
+  for name in ('scale', 'bias'):
+    np.testing.assert_allclose(dparams[name], dparams_f[name], rtol=2e-2,
+                               atol=2e-2)
+
+
+def test_rejects_non_nhwc_input():
+  with pytest.raises(ValueError, match='NHWC'):
+    _ours(train=True).init(jax.random.key(0), jnp.zeros((4, 5)))
