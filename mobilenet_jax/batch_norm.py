@@ -27,7 +27,7 @@ _REDUCE = (0, 1, 2)  # N, H, W: one statistic per channel.
 
 
 def _batch_statistics(x):
-  """Per-channel mean and biased variance, in float32 (Algorithm 1, lines 1-2)."""
+  """Per-channel mean and biased variance, float32 (Algorithm 1, lines 1-2)."""
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, _REDUCE)
   var = jnp.maximum(0.0, jnp.mean(x * x, _REDUCE) - mean * mean)
@@ -36,7 +36,7 @@ def _batch_statistics(x):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def normalize_batch(x, scale, bias, epsilon):
-  """(x - mean) / sqrt(var + epsilon) * scale + bias, with the batch's mean, var.
+  """(x - mean) / sqrt(var + epsilon) * scale + bias with the batch's mean, var.
 
   Returns (y, mean, var): y in x's dtype, the statistics in float32 for the
   running averages. Differentiable in x, scale and bias, also through mean
