@@ -65,7 +65,7 @@ def _grouped(x, kernel, strides):
       feature_group_count=x.shape[-1])
 
 
-def _windows(x, k, s):
+def windows(x, k, s):
   """Yields ((a, b), window) for every tap: the strided slice of the padded
   `x` that tap (a, b) multiplies, shaped like the output."""
   _, h, w, c = x.shape
@@ -82,7 +82,7 @@ def _windows(x, k, s):
 
 def _shifted(x, kernel, strides):
   y = None
-  for (a, b), window in _windows(x, kernel.shape[0], strides):
+  for (a, b), window in windows(x, kernel.shape[0], strides):
     term = window * kernel[a, b, 0]
     y = term if y is None else y + term
   return y
@@ -98,7 +98,7 @@ def _kernel_grad(x, g, k, s):
     gn = lax.dynamic_index_in_dim(g, n)
     return dw + jnp.stack([
         jnp.sum(window * gn, axis=(0, 1, 2), dtype=acc_dtype)
-        for _, window in _windows(xn, k, s)])
+        for _, window in windows(xn, k, s)])
 
   dw = lax.fori_loop(0, x.shape[0], add_example,
                      jnp.zeros((k * k, x.shape[3]), acc_dtype))

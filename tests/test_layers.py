@@ -231,6 +231,44 @@ def test_full_conv_stride2_same_padding():
                              rtol=1e-5, atol=1e-5)
 
 
+def _lax_conv(x, kernel, strides):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (strides, strides), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+# The stems' case (3 channels, even and odd sizes), a 5x5 kernel, and an
+# input wider than PATCHES_AS_DOT_MAX_CHANNELS (XLA's convolution).
+@pytest.mark.parametrize('shape,kernel_size,strides', [
+    ((2, 8, 7, 3), 3, 2), ((1, 9, 9, 1), 5, 1), ((2, 6, 5, 6), 3, 2)])
+def test_patches_as_dot_matches_lax_conv(shape, kernel_size, strides):
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=shape).astype(np.float32)
+  kernel = rng.normal(size=(kernel_size, kernel_size, shape[-1], 4)).astype(
+      np.float32)
+  ours = lambda x, w: layers.patches_as_dot(x, w, (strides, strides), 'SAME')
+  y, pullback = jax.vjp(ours, x, kernel)
+  y_ref, pullback_ref = jax.vjp(lambda x, w: _lax_conv(x, w, strides), x,
+                                kernel)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  g = rng.normal(size=y.shape).astype(np.float32)
+  for a, b in zip(pullback(g), pullback_ref(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  uses_conv = 'conv_general_dilated' in str(jax.make_jaxpr(ours)(x, kernel))
+  assert uses_conv == (shape[-1] > layers.PATCHES_AS_DOT_MAX_CHANNELS)
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'padding': 'VALID'}, {'padding': 'SAME', 'rhs_dilation': (2, 2)},
+    {'padding': 'SAME', 'feature_group_count': 3},
+    {'padding': 'SAME', 'window_strides': (1, 2)}])
+def test_patches_as_dot_rejects_other_convolutions(kwargs):
+  kwargs = {'window_strides': (1, 1), **kwargs}
+  with pytest.raises(ValueError, match='patches_as_dot computes only'):
+    layers.patches_as_dot(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 1, 3)),
+                          **kwargs)
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 def test_conv_bn_depthwise(impl):
   # DepthwiseConv inside ConvBN: width kept (`features` ignored), `impl` used.
