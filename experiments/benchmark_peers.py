@@ -56,7 +56,8 @@ if __name__ == '__main__':
   # Before the heavy imports: this may re-execute the process. The tunable
   # holds for every system here (torch's buffers come from malloc too).
   from mobilenet_jax import host_memory
-  host_memory.restart_with_huge_pages()
+  host_memory.restart_with_malloc_tunables()
+  host_memory.run_steps_on_calling_thread()
 
 import contextlib
 import dataclasses

@@ -33,7 +33,8 @@ BatchNorm statistics and EMA) with the default optimizer of `optim`
 if __name__ == '__main__':
   # First, before the heavy imports: this may re-execute the process.
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.restart_with_huge_pages()
+  host_memory.restart_with_malloc_tunables()
+  host_memory.run_steps_on_calling_thread()
 
 import contextlib
 import functools
@@ -197,6 +198,8 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
       'backend': jax.default_backend(),
       'device_kind': jax.local_devices()[0].device_kind,
       'glibc_tunables': os.environ.get(host_memory.TUNABLES, ''),
+      'cpu_async_dispatch': jax.config.values[
+          'jax_cpu_enable_async_dispatch'],
       **summarize(times, batch_size),
       'compile_s': compile_s,
       'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,

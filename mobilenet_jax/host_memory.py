@@ -1,17 +1,33 @@
-"""Transparent huge pages for XLA:CPU's step buffers (Linux, glibc malloc).
+"""Keeping XLA:CPU's step buffers mapped (Linux, glibc malloc).
 
 XLA:CPU allocates a step's buffers with malloc as the step runs and frees
-them as it ends; glibc serves every buffer over its mmap threshold (at most
-32 MiB) with a fresh mmap, so each step page-faults its whole working set
-anew, 4 KiB at a time. A MobileNetV2 1.0 / 224 px / batch 32 train step on
-CPU took 640k page faults (2.6 GB) per step, a third of its time in the
-kernel. glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes malloc
-ask for transparent huge pages (madvise), which fault 2 MiB at a time: 1.6k
-faults, and the step took 1.4-2.0 s instead of 2.2-2.7 (README, Speed).
+them as it ends: for a MobileNetV2 1.0 / 224 px / batch 32 train step, one
+2.6 GB temporary block. glibc serves a block over its mmap threshold (at
+most 32 MiB) with a fresh mmap and returns it with munmap, so every step
+page-faulted its whole working set anew: 640k faults of 4 KiB per step, a
+third of the step in the kernel; on a VM whose host reclaims freed memory
+within seconds, far more after any pause between steps. Three glibc
+tunables (glibc >= 2.35 for the first) and one JAX setting fix it:
 
-glibc reads tunables once, at process start, so `restart_with_huge_pages`
-re-executes the process with the tunable set. The entry points that run
-models call it before their other imports.
+- `glibc.malloc.hugetlb=1`: malloc asks for transparent huge pages
+  (madvise), which fault 2 MiB at a time (1.6k faults per step; the step
+  went from 2.2-2.7 s to 1.4-2.0). Only where the kernel's THP mode is
+  `madvise` ('always' gives them unasked).
+- `glibc.malloc.mmap_max=0` and a 1 TiB `glibc.malloc.trim_threshold`:
+  large blocks come from the heap and stay there when freed, so the next
+  step reuses the same pages without a fault.
+- `jax_cpu_enable_async_dispatch=False` (`run_steps_on_calling_thread`):
+  the step then runs, and allocates, on the calling (main) thread. glibc
+  serves other threads from their own arenas, which take any block over
+  64 MiB from mmap whatever `mmap_max` says.
+
+Alternating step by step with PyTorch eager (`experiments.benchmark_peers`),
+our V2 train step's median went from 4.7-4.9 s to 1.2 s (README, Speed).
+
+glibc reads tunables once, at process start, so
+`restart_with_malloc_tunables` re-executes the process with them set. The
+entry points that run models call it before their other imports, then
+`run_steps_on_calling_thread`.
 """
 
 import os
@@ -19,6 +35,8 @@ import sys
 
 TUNABLES = 'GLIBC_TUNABLES'
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+KEEP_FREED_BLOCKS = ('glibc.malloc.mmap_max=0',
+                     f'glibc.malloc.trim_threshold={2**40}')
 THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 
 
@@ -44,23 +62,39 @@ def _thp_mode() -> str:
   return text[text.find('[') + 1:text.find(']')] if '[' in text else ''
 
 
-def huge_pages_need_restart(environ=os.environ) -> bool:
-  """Whether setting the tunable would change malloc: glibc >= 2.35, the
-  kernel's THP mode 'madvise' ('always' gives huge pages unasked), and no
-  `glibc.malloc.hugetlb` in GLIBC_TUNABLES yet (one already there, set by a
-  restart or by the user, is respected)."""
-  return (_glibc_version() >= (2, 35) and _thp_mode() == 'madvise'
-          and 'glibc.malloc.hugetlb' not in environ.get(TUNABLES, ''))
+def tunables_to_add(environ=os.environ) -> list[str]:
+  """The tunables (see the module docstring) that GLIBC_TUNABLES in
+  `environ` lacks: none on another C library or glibc < 2.35, HUGE_PAGES
+  only where the kernel's THP mode is 'madvise'. A tunable already there,
+  set by a restart or by the user, is respected, whatever its value."""
+  if _glibc_version() < (2, 35):
+    return []
+  wanted = list(KEEP_FREED_BLOCKS)
+  if _thp_mode() == 'madvise':
+    wanted.insert(0, HUGE_PAGES)
+  present = environ.get(TUNABLES, '')
+  return [t for t in wanted if t.split('=')[0] + '=' not in present]
 
 
-def restart_with_huge_pages() -> None:
+def restart_with_malloc_tunables() -> None:
   """Re-executes this process, same interpreter and arguments, with
-  HUGE_PAGES added to GLIBC_TUNABLES, where `huge_pages_need_restart`;
-  otherwise returns at once."""
-  if not huge_pages_need_restart():
+  `tunables_to_add()` appended to GLIBC_TUNABLES; returns at once where
+  there are none."""
+  missing = tunables_to_add()
+  if not missing:
     return
   os.environ[TUNABLES] = ':'.join(
-      filter(None, [os.environ.get(TUNABLES), HUGE_PAGES]))
+      filter(None, [os.environ.get(TUNABLES), *missing]))
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def run_steps_on_calling_thread() -> None:
+  """Makes XLA:CPU run single-device computations on the calling thread
+  (`jax_cpu_enable_async_dispatch=False`), so that their buffers come from
+  glibc's main arena and stay mapped (module docstring). Call it before the
+  first computation. Multi-device computations still dispatch
+  asynchronously; other backends are unaffected."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
