@@ -15,8 +15,9 @@ after `warmup` untimed ones, the compile time (`jit(...).lower(...).compile()`)
 and the peak memory: the device's `memory_stats()` where it has them (TPU,
 GPU), else the process's maximum resident set size (CPU; it includes the
 Python process itself). Run as a command, it first restarts itself with
-transparent huge pages for malloc (`mobilenet_jax.host_memory`); the result's
-`glibc_tunables` says what it ran with.
+glibc's malloc tunables and runs its steps on the calling thread
+(`mobilenet_jax.host_memory`); the result's `glibc_tunables` and
+`cpu_async_dispatch` say what it ran with.
 
 With `--data`, each step is one host batch from `data.create_train_iterator`
 (decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
