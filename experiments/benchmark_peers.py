@@ -53,8 +53,8 @@ os.environ['KERAS_BACKEND'] = 'jax'
 
 # pylint: disable=g-import-not-at-top
 if __name__ == '__main__':
-  # Before the heavy imports: this may re-execute the process. The tunable
-  # holds for every system here (torch's buffers come from malloc too).
+  # Before the heavy imports: this may re-execute the process. The tunables
+  # hold for every system here (torch's buffers come from malloc too).
   from mobilenet_jax import host_memory
   host_memory.restart_with_malloc_tunables()
   host_memory.run_steps_on_calling_thread()
