@@ -56,8 +56,7 @@ if __name__ == '__main__':
   # Before the heavy imports: this may re-execute the process. The tunables
   # hold for every system here (torch's buffers come from malloc too).
   from mobilenet_jax import host_memory
-  host_memory.restart_with_malloc_tunables()
-  host_memory.run_steps_on_calling_thread()
+  host_memory.keep_step_buffers_mapped()
 
 import contextlib
 import dataclasses

@@ -34,8 +34,7 @@ BatchNorm statistics and EMA) with the default optimizer of `optim`
 if __name__ == '__main__':
   # First, before the heavy imports: this may re-execute the process.
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.restart_with_malloc_tunables()
-  host_memory.run_steps_on_calling_thread()
+  host_memory.keep_step_buffers_mapped()
 
 import contextlib
 import functools

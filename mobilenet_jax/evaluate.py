@@ -12,8 +12,7 @@ new checkpoints and exits after evaluating the final step.
 if __name__ == '__main__':
   # First, before the heavy imports: this may re-execute the process.
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.restart_with_malloc_tunables()
-  host_memory.run_steps_on_calling_thread()
+  host_memory.keep_step_buffers_mapped()
 
 import functools
 import sys

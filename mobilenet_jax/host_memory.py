@@ -26,8 +26,8 @@ our V2 train step's median went from 4.7-4.9 s to 1.2 s (README, Speed).
 
 glibc reads tunables once, at process start, so
 `restart_with_malloc_tunables` re-executes the process with them set. The
-entry points that run models call it before their other imports, then
-`run_steps_on_calling_thread`.
+entry points that run models call `keep_step_buffers_mapped` (both steps)
+before their other imports.
 """
 
 import os
@@ -98,3 +98,10 @@ def run_steps_on_calling_thread() -> None:
   asynchronously; other backends are unaffected."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
+def keep_step_buffers_mapped() -> None:
+  """`restart_with_malloc_tunables`, then `run_steps_on_calling_thread`: what
+  an entry point calls first, before its other imports."""
+  restart_with_malloc_tunables()
+  run_steps_on_calling_thread()
