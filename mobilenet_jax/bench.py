@@ -16,8 +16,9 @@ and the peak memory: the device's `memory_stats()` where it has them (TPU,
 GPU), else the process's maximum resident set size (CPU; it includes the
 Python process itself). Run as a command, it first restarts itself with
 glibc's malloc tunables and runs its steps on the calling thread
-(`mobilenet_jax.host_memory`); the result's `glibc_tunables` and
-`cpu_async_dispatch` say what it ran with.
+(`mobilenet_jax.host_memory`); the steps compile with
+`xla_options.step_compiler_options()`. The result's `glibc_tunables`,
+`cpu_async_dispatch` and `compiler_options` say what it ran with.
 
 With `--data`, each step is one host batch from `data.create_train_iterator`
 (decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
@@ -57,6 +58,7 @@ from mobilenet_jax import optim
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import step_profile
 from mobilenet_jax import train
+from mobilenet_jax import xla_options
 
 MODES = ('train', 'infer')
 DTYPES = ('float32', 'bfloat16')
@@ -122,7 +124,8 @@ def _train_step_fn(model, resolution: int, rng):
       train.train_step, model=model, tx=tx, schedule=schedule,
       num_classes=NUM_CLASSES, label_smoothing=optim_config.label_smoothing,
       ema_decay=optim_config.ema_decay, frozen_backbone=False)
-  return jax.jit(step, donate_argnums=0), state
+  return jax.jit(step, donate_argnums=0,
+                 compiler_options=xla_options.step_compiler_options()), state
 
 
 def _infer_step_fn(model, resolution: int, rng):
@@ -132,7 +135,8 @@ def _infer_step_fn(model, resolution: int, rng):
   def step(variables, batch):
     return variables, model.apply(variables, batch['image'], train=False)
 
-  return jax.jit(step), variables
+  return jax.jit(
+      step, compiler_options=xla_options.step_compiler_options()), variables
 
 
 def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
@@ -200,6 +204,7 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
       'glibc_tunables': os.environ.get(host_memory.TUNABLES, ''),
       'cpu_async_dispatch': jax.config.values[
           'jax_cpu_enable_async_dispatch'],
+      'compiler_options': xla_options.step_compiler_options(),
       **summarize(times, batch_size),
       'compile_s': compile_s,
       'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,

@@ -34,6 +34,7 @@ from mobilenet_jax import models
 from mobilenet_jax import parallel
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import writers
+from mobilenet_jax import xla_options
 
 
 def eval_step(variables, batch, *, model, num_classes):
@@ -56,7 +57,8 @@ def evaluate_dataset(model, variables, data_config, *, global_batch_size: int,
   step = jax.jit(
       functools.partial(eval_step, model=model, num_classes=num_classes),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-      out_shardings=parallel.replicated(mesh))
+      out_shardings=parallel.replicated(mesh),
+      compiler_options=xla_options.step_compiler_options())
   totals = None
   for batch in data.create_eval_iterator(
       data_config, global_batch_size=global_batch_size, resolution=resolution):

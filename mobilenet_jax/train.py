@@ -27,6 +27,7 @@ from mobilenet_jax import optim
 from mobilenet_jax import parallel
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import writers
+from mobilenet_jax import xla_options
 
 
 def train_step(state: state_lib.TrainState, batch: dict, *, model, tx,
@@ -179,7 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           frozen_backbone=config.freeze_backbone),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-      donate_argnums=0)
+      donate_argnums=0,
+      compiler_options=xla_options.step_compiler_options())
 
   batches = data.create_train_iterator(
       config.data, global_batch_size=config.batch_size,

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from mobilenet_jax import host_memory
+from mobilenet_jax import xla_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Mallocs and touches 256 MiB (over glibc's mmap threshold), frees it, does
@@ -91,3 +92,4 @@ def test_bench_command_runs_with_the_tunables():
   report = json.loads(result.stdout)
   assert report['glibc_tunables'] == ALL_TUNABLES
   assert report['cpu_async_dispatch'] is False
+  assert report['compiler_options'] == xla_options.CPU_FAST_MATH
