@@ -81,6 +81,79 @@ def _normalize_batch_backward(epsilon, residuals, cotangents):
 normalize_batch.defvjp(_normalize_batch_forward, _normalize_batch_backward)
 
 
+def _dot(a, b, contracting):
+  return lax.dot_general(a, b, (contracting, ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def normalize_pointwise_batch(x, kernel, scale, bias, epsilon):
+  """`normalize_batch(x @ kernel, scale, bias, epsilon)` for the 1x1
+  convolution of NHWC `x` with a (K, C) `kernel`, without forming x @ kernel.
+
+  With xc = x - mean(x) (per input channel), y - mean(y) = xc @ kernel
+  exactly, so the batch's statistics come from the small K x K matrix
+  xc^T xc: mean(y) = mean(x) @ kernel, var(y) = diag(kernel^T xc^T xc
+  kernel) / n; and the output is one dot, xc @ (kernel * k) + bias with
+  k = scale / sqrt(var + eps). The backward pass (`_normalize_pointwise_
+  backward`) needs the dots xc^T dz and dz (kernel * k)^T and one sum of dz,
+  where the separate layers make three passes over y and two over dz, and
+  write y, y - mean(y) and dy out. For an expansion (C >= 2K) that is most
+  of the memory traffic of the layer pair; xc^T xc costs K/C of the
+  convolution's multiply-adds.
+
+  Returns (z, mean, var) as `normalize_batch` does, z in float32.
+  """
+  return _normalize_pointwise_forward(x, kernel, scale, bias, epsilon)[0]
+
+
+def _normalize_pointwise_forward(x, kernel, scale, bias, epsilon):
+  positions = x.reshape(-1, x.shape[-1])
+  n = positions.shape[0]
+  mean_x = jnp.mean(positions, 0)
+  xc = positions - mean_x
+  gram = _dot(xc, xc, ((0,), (0,)))
+  mean = mean_x @ kernel
+  var = jnp.einsum('kc,kl,lc->c', kernel, gram, kernel) / n
+  inv_std = lax.rsqrt(var + epsilon)
+  k = scale * inv_std
+  z = _dot(xc, kernel * k, ((1,), (0,))) + bias
+  return ((z.reshape(*x.shape[:-1], -1), mean, var),
+          (xc, kernel, gram, mean_x, inv_std, k))
+
+
+def _normalize_pointwise_backward(epsilon, residuals, cotangents):
+  """`_normalize_batch_backward`'s gradient with y = x @ kernel folded in.
+
+  With yc = y - mean(y) = xc @ kernel, that gradient is dy = k * dz +
+  yc * v + u per channel, v = 2 dvar / n - k r^2 sum(dz * yc) / n and
+  u = dmean / n - k sum(dz) / n, where sum(dz * yc) = colsum(kernel *
+  xc^T dz). Then
+    dx = dz (kernel * k)^T + xc (kernel diag(v) kernel^T) + u kernel^T,
+    d kernel = x^T dy = (xc^T dz) * k + (xc^T xc kernel) * v
+               + mean(x) dmean^T,
+  the mean(x) sum(dz) terms of x^T (k * dz) and n mean(x) u^T cancelling.
+  """
+  del epsilon  # Folded into inv_std by the forward pass.
+  xc, kernel, gram, mean_x, inv_std, k = residuals
+  dz, dmean, dvar = cotangents
+  dz_positions = dz.reshape(-1, dz.shape[-1])
+  n = xc.shape[0]
+  xc_dz = _dot(xc, dz_positions, ((0,), (0,)))
+  sum_dz = jnp.sum(dz_positions, 0)
+  sum_dz_yc = jnp.sum(kernel * xc_dz, 0)
+  v = 2 * dvar / n - k * inv_std * inv_std * sum_dz_yc / n
+  u = dmean / n - k * sum_dz / n
+  dx = (_dot(dz_positions, kernel * k, ((1,), (1,)))
+        + xc @ ((kernel * v) @ kernel.T) + u @ kernel.T)
+  dkernel = xc_dz * k + (gram @ kernel) * v + jnp.outer(mean_x, dmean)
+  return (dx.reshape(*dz.shape[:-1], -1), dkernel, sum_dz_yc * inv_std,
+          sum_dz)
+
+
+normalize_pointwise_batch.defvjp(_normalize_pointwise_forward,
+                                 _normalize_pointwise_backward)
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over the last axis of an NHWC tensor; see the module docstring.
 
@@ -94,11 +167,15 @@ class BatchNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, pointwise_kernel=None):
+    """Normalises NHWC `x`; with a (K, C) `pointwise_kernel`, `x` is a 1x1
+    convolution's input and the layer normalises x @ pointwise_kernel
+    (in training through `normalize_pointwise_batch`; float32 only)."""
     if x.ndim != 4:
       raise ValueError(f'BatchNorm input must be NHWC (4 axes), got shape '
                        f'{x.shape}')
-    channels = (x.shape[-1],)
+    channels = (x.shape[-1] if pointwise_kernel is None
+                else pointwise_kernel.shape[-1],)
     scale = self.param('scale', nn.initializers.ones, channels, jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, channels, jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, channels,
@@ -106,11 +183,21 @@ class BatchNorm(nn.Module):
     running_var = self.variable('batch_stats', 'var', jnp.ones, channels,
                                 jnp.float32)
     x = x.astype(self.dtype)
+    if pointwise_kernel is not None and self.use_running_average:
+      x = _dot(x, pointwise_kernel.astype(self.dtype), ((3,), (0,)))
+      pointwise_kernel = None
     if self.use_running_average:
       y = x - running_mean.value
       y = y * (lax.rsqrt(running_var.value + self.epsilon) * scale) + bias
       return y.astype(self.dtype)
-    y, mean, var = normalize_batch(x, scale, bias, self.epsilon)
+    if pointwise_kernel is None:
+      y, mean, var = normalize_batch(x, scale, bias, self.epsilon)
+    elif self.dtype != jnp.float32:
+      raise ValueError('BatchNorm with pointwise_kernel trains in float32 '
+                       f'only, got dtype {jnp.dtype(self.dtype).name}')
+    else:
+      y, mean, var = normalize_pointwise_batch(x, pointwise_kernel, scale,
+                                               bias, self.epsilon)
     if not self.is_initializing():
       running_mean.value = (self.momentum * running_mean.value
                             + (1 - self.momentum) * mean)

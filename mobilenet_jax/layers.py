@@ -199,11 +199,27 @@ class DepthwiseConv(nn.Module):
     return depthwise.depthwise_conv(x, kernel, self.strides, self.impl)
 
 
+class PointwiseKernel(nn.Module):
+  """The (1, 1, K, features) kernel of a 1x1 convolution, as `nn.Conv`
+  names and initialises it, for a layer that applies it itself."""
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    return self.param('kernel', self.kernel_init,
+                      (1, 1, x.shape[-1], self.features), jnp.float32)[0, 0]
+
+
 class ConvBN(nn.Module):
   """Convolution (no bias) -> BatchNorm -> activation.
 
   `depthwise=True` makes the convolution a `DepthwiseConv` (output channels =
-  input channels, `features` ignored).
+  input channels, `features` ignored). In training, a float32 1x1 expansion
+  (at least twice the input's channels) is folded into BatchNorm
+  (`batch_norm.normalize_pointwise_batch`): the same variables and values,
+  less memory traffic (the V2 224/32 train step's median went from 1085 to
+  995 ms; README, Speed).
   """
   features: int
   kernel_size: int = 1
@@ -217,19 +233,30 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    bn = batch_norm.BatchNorm(
+        use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')
+    kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out',
+                                                   'truncated_normal')
     if self.depthwise:
       x = DepthwiseConv(self.kernel_size, self.strides, self.depthwise_impl,
                         dtype=self.dtype, name='conv')(x)
+    elif self._normalizes_pointwise_expansion(x, train):
+      kernel = PointwiseKernel(self.features, kernel_init, name='conv')(x)
+      return ACTIVATIONS[self.activation](bn(x, pointwise_kernel=kernel))
     else:
-      x = conv(
-          self.features, self.kernel_size, self.strides, use_bias=False,
-          kernel_init=nn.initializers.variance_scaling(
-              2.0, 'fan_out', 'truncated_normal'),
-          dtype=self.dtype, name='conv')(x)
-    x = batch_norm.BatchNorm(
-        use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
-    return ACTIVATIONS[self.activation](x)
+      x = conv(self.features, self.kernel_size, self.strides, use_bias=False,
+               kernel_init=kernel_init, dtype=self.dtype, name='conv')(x)
+    return ACTIVATIONS[self.activation](bn(x))
+
+  def _normalizes_pointwise_expansion(self, x, train: bool) -> bool:
+    """Whether training folds the convolution into BatchNorm
+    (`batch_norm.normalize_pointwise_batch`): float32 1x1 stride-1
+    convolutions that at least double the channels, where its K x K
+    statistics cost at most half the convolution's multiply-adds."""
+    return (train and self.kernel_size == 1 and self.strides == 1
+            and 2 * x.shape[-1] <= self.features
+            and self.dtype == jnp.float32 and x.dtype == jnp.float32)
 
 
 class SqueezeExcite(nn.Module):

@@ -2,6 +2,7 @@
 padding and their closed-form gradients, the activation and rounding formulas
 of the papers, and squeeze-and-excite written out in numpy."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
@@ -297,11 +298,15 @@ def test_depthwise_init_has_keras_scale(kernel_size):
   assert kernel.std() == pytest.approx(keras_std, rel=0.05)
 
 
-def test_conv_bn_train_mode_normalises_with_batch_statistics():
+# 5 features from 3 channels: convolution, then BatchNorm; 8 (at least
+# twice the input's): the two folded together in training
+# (batch_norm.normalize_pointwise_batch).
+@pytest.mark.parametrize('features', [5, 8])
+def test_conv_bn_train_mode_normalises_with_batch_statistics(features):
   x = np.random.default_rng(7).normal(2.0, 3.0, (4, 6, 6, 3)).astype(
       np.float32)
-  module = layers.ConvBN(features=5, kernel_size=1, activation='identity',
-                         bn_momentum=0.9)
+  module = layers.ConvBN(features=features, kernel_size=1,
+                         activation='identity', bn_momentum=0.9)
   variables, kernel = _conv_bn_variables(module, x, 4)
   y, state = jax.jit(lambda v, x: module.apply(
       v, x, train=True, mutable=['batch_stats']))(variables, x)
@@ -313,6 +318,39 @@ def test_conv_bn_train_mode_normalises_with_batch_statistics():
   stats = state['batch_stats']['bn']
   np.testing.assert_allclose(stats['mean'], 0.1 * mean, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * var, rtol=1e-4)
+
+
+def test_conv_bn_folded_expansion_gradients_match_two_layers():
+  """An expansion ConvBN in training (folded: the kernel's and BatchNorm's
+  gradients in closed form) against autodiff of convolution, BatchNorm
+  (flax's) and ReLU6 written out."""
+  x = np.random.default_rng(8).normal(1.0, 2.0, (2, 5, 5, 4)).astype(
+      np.float32)
+  module = layers.ConvBN(features=24, kernel_size=1, activation='relu6')
+  assert module._normalizes_pointwise_expansion(x, train=True)
+  variables = module.init(jax.random.key(1), x)
+  params = variables['params']
+  g = np.random.default_rng(9).normal(size=(2, 5, 5, 24)).astype(np.float32)
+
+  def ours(params, x):
+    y, _ = module.apply({**variables, 'params': params}, x, train=True,
+                        mutable=['batch_stats'])
+    return jnp.sum(y * g)
+
+  def two_layers(params, x):
+    y = jnp.einsum('nhwk,kc->nhwc', x, params['conv']['kernel'][0, 0])
+    y, _ = nn.BatchNorm(use_running_average=False, momentum=0.99,
+                        epsilon=EPS).apply(
+                            {'params': params['bn'],
+                             'batch_stats': variables['batch_stats']['bn']},
+                            y, mutable=['batch_stats'])
+    return jnp.sum(layers.relu6(y) * g)
+
+  got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(params, x)
+  want = jax.jit(jax.value_and_grad(two_layers, argnums=(0, 1)))(params, x)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
 _GRID = np.linspace(-7, 7, 281).astype(np.float32)  # step 0.05, hits +-3, 0
