@@ -7,6 +7,7 @@ a table (or a transformation of one), not a subclass.
 """
 
 import dataclasses
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -204,8 +205,11 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
         f'model name must be one of {sorted(REGISTRY)}, got {name!r}')
   arch = REGISTRY[name]
   check_alpha_expansion(arch, name, alpha, expansion)
-  if not (isinstance(num_classes, int) and num_classes > 0):
+  # Any integer type (a count read with numpy, say), but not a bool.
+  if (isinstance(num_classes, bool)
+      or not isinstance(num_classes, numbers.Integral) or num_classes <= 0):
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+  num_classes = int(num_classes)
   if not 0 <= dropout_rate < 1:
     raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
   if depthwise_impl not in DEPTHWISE_IMPLS:

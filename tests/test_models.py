@@ -92,6 +92,9 @@ def test_logits_shape(name):
   assert out.shape == (2, 1000) and out.dtype == jnp.float32
   out, _ = _abstract(name, 113, 75, 3, alpha=0.5, num_classes=37)
   assert out.shape == (3, 37) and out.dtype == jnp.float32
+  # A class count read with numpy works the same.
+  out, _ = _abstract(name, 113, 75, 3, alpha=0.5, num_classes=np.int64(37))
+  assert out.shape == (3, 37)
 
 
 # Pooled feature widths at alpha 1: the last conv of each paper's table.
@@ -531,7 +534,8 @@ def test_bad_depthwise_impl():
   assert 'grouped' in message
 
 
-@pytest.mark.parametrize('num_classes', [0, -3, 2.5, '10'])
+@pytest.mark.parametrize('num_classes', [0, -3, 2.5, '10', True,
+                                         np.int64(-2)])
 def test_bad_num_classes(num_classes):
   _raises('num_classes', models.create_model, 'mobilenet_v1',
           num_classes=num_classes)
