@@ -203,7 +203,7 @@ class PointwiseKernel(nn.Module):
   """The (1, 1, K, features) kernel of a 1x1 convolution, as `nn.Conv`
   names and initialises it, for a layer that applies it itself."""
   features: int
-  kernel_init: Callable = nn.initializers.lecun_normal()
+  kernel_init: Callable
 
   @nn.compact
   def __call__(self, x):
