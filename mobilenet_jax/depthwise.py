@@ -13,10 +13,10 @@ All take NHWC `x` and a (k, k, 1, C) kernel and compute the same 'SAME'-padded
 - `shifted_vjp`: `shifted` with a hand-written backward pass that keeps the
   padded input (`_valid_shifted_vjp`). dL/dx is the autodiff of the shifted
   form (padded cotangent, shifted adds: one fused loop); dL/dw, k*k
-  reductions over batch and space, is where autodiff is
-  slow on CPU (XLA copies every tap's window out before reducing it), so it
-  is accumulated one example at a time, whose windows stay in cache, its
-  k*k sums over each output row in one reduction fused with the products
+  reductions over batch and space, is where autodiff is slow on CPU (XLA
+  copies every tap's window out before reducing it), so it is accumulated
+  one example at a time, whose windows stay in cache, its k*k sums over
+  each output row in one reduction fused with the products
   (`_kernel_grad`). Summed tap by tap over the whole example instead, each
   window was copied out first: the V2 224/32 train step ran ~10% slower
   (interleaved A/B, 2026-12-03) and compiled ~3 s later.
