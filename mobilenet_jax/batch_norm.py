@@ -95,11 +95,17 @@ def normalize_pointwise_batch(x, kernel, scale, bias, epsilon):
   xc^T xc: mean(y) = mean(x) @ kernel, var(y) = diag(kernel^T xc^T xc
   kernel) / n; and the output is one dot, xc @ (kernel * k) + bias with
   k = scale / sqrt(var + eps). The backward pass (`_normalize_pointwise_
-  backward`) needs the dots xc^T dz and dz (kernel * k)^T and one sum of dz,
+  backward`) needs the dots xc^T dz and dz (kernel * k)^T and the sum of dz,
   where the separate layers make three passes over y and two over dz, and
   write y, y - mean(y) and dy out. For an expansion (C >= 2K) that is most
   of the memory traffic of the layer pair; xc^T xc costs K/C of the
   convolution's multiply-adds.
+
+  xc is kept with a column of ones appended, xc1 = [xc, 1], so that the
+  bias is the last row of the forward dot's right operand and xc1^T dz
+  gives sum(dz) as its last row: one pass over dz instead of a dot and a
+  reduction (the V2 224/32 train step's median: 1057 -> 1003 ms, 30
+  interleaved steps each, 2026-12-03).
 
   Returns (z, mean, var) as `normalize_batch` does, z in float32.
   """
@@ -108,17 +114,17 @@ def normalize_pointwise_batch(x, kernel, scale, bias, epsilon):
 
 def _normalize_pointwise_forward(x, kernel, scale, bias, epsilon):
   positions = x.reshape(-1, x.shape[-1])
-  n = positions.shape[0]
+  n, channels = positions.shape
   mean_x = jnp.mean(positions, 0)
-  xc = positions - mean_x
-  gram = _dot(xc, xc, ((0,), (0,)))
+  xc1 = jnp.concatenate([positions - mean_x, jnp.ones((n, 1), x.dtype)], 1)
+  gram = _dot(xc1, xc1, ((0,), (0,)))[:channels, :channels]
   mean = mean_x @ kernel
   var = jnp.einsum('kc,kl,lc->c', kernel, gram, kernel) / n
   inv_std = lax.rsqrt(var + epsilon)
   k = scale * inv_std
-  z = _dot(xc, kernel * k, ((1,), (0,))) + bias
+  z = _dot(xc1, jnp.concatenate([kernel * k, bias[None]]), ((1,), (0,)))
   return ((z.reshape(*x.shape[:-1], -1), mean, var),
-          (xc, kernel, gram, mean_x, inv_std, k))
+          (xc1, kernel, gram, mean_x, inv_std, k))
 
 
 def _normalize_pointwise_backward(epsilon, residuals, cotangents):
@@ -128,23 +134,23 @@ def _normalize_pointwise_backward(epsilon, residuals, cotangents):
   yc * v + u per channel, v = 2 dvar / n - k r^2 sum(dz * yc) / n and
   u = dmean / n - k sum(dz) / n, where sum(dz * yc) = colsum(kernel *
   xc^T dz). Then
-    dx = dz (kernel * k)^T + xc (kernel diag(v) kernel^T) + u kernel^T,
+    dx = dz (kernel * k)^T + xc1 [kernel diag(v) kernel^T; u kernel^T],
     d kernel = x^T dy = (xc^T dz) * k + (xc^T xc kernel) * v
                + mean(x) dmean^T,
   the mean(x) sum(dz) terms of x^T (k * dz) and n mean(x) u^T cancelling.
   """
   del epsilon  # Folded into inv_std by the forward pass.
-  xc, kernel, gram, mean_x, inv_std, k = residuals
+  xc1, kernel, gram, mean_x, inv_std, k = residuals
   dz, dmean, dvar = cotangents
   dz_positions = dz.reshape(-1, dz.shape[-1])
-  n = xc.shape[0]
-  xc_dz = _dot(xc, dz_positions, ((0,), (0,)))
-  sum_dz = jnp.sum(dz_positions, 0)
+  n, channels = xc1.shape[0], kernel.shape[0]
+  xc1_dz = _dot(xc1, dz_positions, ((0,), (0,)))
+  xc_dz, sum_dz = xc1_dz[:channels], xc1_dz[channels]
   sum_dz_yc = jnp.sum(kernel * xc_dz, 0)
   v = 2 * dvar / n - k * inv_std * inv_std * sum_dz_yc / n
   u = dmean / n - k * sum_dz / n
   dx = (_dot(dz_positions, kernel * k, ((1,), (1,)))
-        + xc @ ((kernel * v) @ kernel.T) + u @ kernel.T)
+        + xc1 @ jnp.concatenate([(kernel * v) @ kernel.T, (u @ kernel.T)[None]]))
   dkernel = xc_dz * k + (gram @ kernel) * v + jnp.outer(mean_x, dmean)
   return (dx.reshape(*dz.shape[:-1], -1), dkernel, sum_dz_yc * inv_std,
           sum_dz)
