@@ -149,8 +149,8 @@ def _normalize_pointwise_backward(epsilon, residuals, cotangents):
   sum_dz_yc = jnp.sum(kernel * xc_dz, 0)
   v = 2 * dvar / n - k * inv_std * inv_std * sum_dz_yc / n
   u = dmean / n - k * sum_dz / n
-  dx = (_dot(dz_positions, kernel * k, ((1,), (1,)))
-        + xc1 @ jnp.concatenate([(kernel * v) @ kernel.T, (u @ kernel.T)[None]]))
+  xc1_terms = jnp.concatenate([(kernel * v) @ kernel.T, (u @ kernel.T)[None]])
+  dx = _dot(dz_positions, kernel * k, ((1,), (1,))) + xc1 @ xc1_terms
   dkernel = xc_dz * k + (gram @ kernel) * v + jnp.outer(mean_x, dmean)
   return (dx.reshape(*dz.shape[:-1], -1), dkernel, sum_dz_yc * inv_std,
           sum_dz)
