@@ -62,15 +62,21 @@ def _normalize_batch_backward(epsilon, residuals, cotangents):
          + d mean / n + 2 * xc * d var / n.
   The last two terms carry the cotangents of the returned statistics (zero
   when only y reaches the loss).
+
+  sum(dy * xc) is taken as sum(dy * x) - mean * sum(dy), as the forward
+  pass takes E[x^2] - E[x]^2: summed as written, XLA:CPU wrote xc out in
+  full for the library reduction (which fuses no subtraction) and read it
+  back, one more pass over every BatchNorm input.
   """
   del epsilon  # Folded into inv_std by the forward pass.
   x, mean, inv_std, scale = residuals
   dy, dmean, dvar = cotangents
   n = x.size // x.shape[-1]
-  xc = x.astype(jnp.float32) - mean
+  x32 = x.astype(jnp.float32)
   dy = dy.astype(jnp.float32)
   sum_dy = jnp.sum(dy, _REDUCE)
-  sum_dy_xc = jnp.sum(dy * xc, _REDUCE)
+  sum_dy_xc = jnp.sum(dy * x32, _REDUCE) - mean * sum_dy
+  xc = x32 - mean
   k = scale * inv_std
   dx = (k * dy - k * sum_dy / n
         - xc * (k * inv_std * inv_std * sum_dy_xc / n)
