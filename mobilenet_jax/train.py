@@ -123,14 +123,21 @@ def _transfer(pretrained: dict, fresh: dict) -> dict:
 
 
 class _Preemption:
-  """Remembers a SIGTERM (a preempted VM) until the loop can act on it."""
+  """Remembers a SIGTERM (a preempted VM) until the loop can act on it.
+
+  In a single process only. Under `jax.distributed`, JAX's preemption
+  service catches SIGTERM and every process learns of it at the same step
+  (`manager.reached_preemption`); a handler here would replace JAX's, and
+  only the process that got the signal would stop and save, the others
+  waiting for it in the next step's collectives.
+  """
 
   def __init__(self):
     self.requested = False
-    if threading.current_thread() is threading.main_thread():
+    self._previous = None
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
-    else:
-      self._previous = None
 
   def _handle(self, signum, frame):
     del signum, frame

@@ -228,6 +228,42 @@ def test_two_processes_train_and_one_restores(data_dir, tmp_path):
   assert result['num_examples'] == 75
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
+    data_dir, tmp_path):
+  # A preempted pod slice: one host gets SIGTERM; every process must save
+  # the same step and exit, none left waiting in a collective.
+  train.data.get_dataset_info(tiny_config(data_dir).data)
+  overrides = tiny_overrides(data_dir, num_train_steps=5000,
+                             checkpoint_every_steps=10000,
+                             log_every_steps=10)
+  address = f'127.0.0.1:{_free_port()}'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  processes = [
+      subprocess.Popen(
+          main_command(overrides, tmp_path, f'--coordinator_address={address}',
+                       '--num_processes=2', f'--process_id={i}'),
+          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          text=True)
+      for i in range(2)]
+  try:
+    deadline = time.time() + 300
+    while not _logged_step(tmp_path / 'metrics.jsonl', 20):
+      assert time.time() < deadline
+      assert all(p.poll() is None for p in processes)
+      time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)
+    for p in processes:
+      _, stderr = p.communicate(timeout=300)
+      assert p.returncode == 0, stderr[-3000:]
+  finally:
+    for p in processes:
+      p.kill()
+  stopped_at = checkpoint.create_manager(str(tmp_path),
+                                         read_only=True).latest_step()
+  assert 20 <= stopped_at < 5000, stopped_at
+  assert not (tmp_path / 'eval').exists()
+
+
 def _logged_step(metrics_file, step):
   """Whether `metrics_file` has a complete line for `step`."""
   if not metrics_file.exists():
