@@ -204,10 +204,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_and_one_restores(data_dir, tmp_path):
-  # Prepare the dataset once so the two processes only read it.
-  train.data.get_dataset_info(tiny_config(data_dir).data)
-  overrides = tiny_overrides(data_dir, num_train_steps=4,
+def test_two_processes_train_and_one_restores(tmp_path):
+  # A fresh data_dir: the two processes find the dataset unprepared at once.
+  overrides = tiny_overrides(str(tmp_path / 'tfds'), num_train_steps=4,
                              checkpoint_every_steps=2)
   address = f'127.0.0.1:{_free_port()}'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}

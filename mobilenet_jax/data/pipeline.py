@@ -35,7 +35,8 @@ left out takes its value in `default_config()`):
     and labels the sorted class folder names. tfds datasets are prepared
     (`download_and_prepare`) into `data_dir` on first use; the built-in
     `shapes` is rendered offline, the others download (imagenet2012 needs its
-    manual files). On a pod with a shared data_dir, prepare it once first.
+    manual files). Under jax.distributed, process 0 prepares it first and
+    the others wait for it (a shared data_dir is written once).
   data_dir: tfds data directory; None is tfds' default (~/tensorflow_datasets).
     gs:// paths work.
   train_split, eval_split: tfds split strings, slicing allowed
@@ -63,6 +64,7 @@ import math
 from typing import Iterator
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -228,6 +230,35 @@ def _even_bounds(total: int, index: int, count: int) -> tuple[int, int]:
   return start, start + size + (index < extra)
 
 
+def _builder(dataset: str, data_dir: str | None):
+  try:
+    return tfds.builder(dataset, data_dir=data_dir)
+  except (ValueError, AssertionError) as e:
+    reason = str(e).splitlines()[0][:200]
+    raise ValueError(
+        f'data.dataset: unknown dataset {dataset!r} ({reason}); use a tfds '
+        f"name such as 'shapes', 'cifar10', 'imagenet2012', or "
+        f"'folder:/path/to/dir'") from None
+
+
+def _prepared_builder(dataset: str, data_dir: str | None):
+  """tfds' builder of `dataset`, prepared in `data_dir` if it was not.
+
+  Under jax.distributed, process 0 prepares first while the others wait:
+  on a data_dir they share, they then find it prepared (writing it at once,
+  all but one failed to rename their finished copy into place); on disks
+  of their own, each prepares its copy after.
+  """
+  builder = _builder(dataset, data_dir)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      builder.download_and_prepare()
+    multihost_utils.sync_global_devices(f'prepared {dataset}')
+    builder = _builder(dataset, data_dir)  # as process 0 left the directory
+  builder.download_and_prepare()
+  return builder
+
+
 def _source(data_config) -> _Source:
   """The configured dataset's builder, prepared; ValueError if unknown."""
   dataset = _field(data_config, 'dataset')
@@ -241,15 +272,7 @@ def _source(data_config) -> _Source:
                        f"'folder:/path/to/dir' with <split>/<class>/<image>)")
     builder = tfds.ImageFolder(root)
   else:
-    try:
-      builder = tfds.builder(dataset, data_dir=_field(data_config, 'data_dir'))
-    except (ValueError, AssertionError) as e:
-      reason = str(e).splitlines()[0][:200]
-      raise ValueError(
-          f'data.dataset: unknown dataset {dataset!r} ({reason}); use a tfds '
-          f"name such as 'shapes', 'cifar10', 'imagenet2012', or "
-          f"'folder:/path/to/dir'") from None
-    builder.download_and_prepare()
+    builder = _prepared_builder(dataset, _field(data_config, 'data_dir'))
   source = _Source(builder, _field(data_config, 'image_key'),
                    _field(data_config, 'label_key'))
   features = builder.info.features
