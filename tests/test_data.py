@@ -175,6 +175,21 @@ def test_train_is_deterministic_given_the_seed(data_dir):
   assert not np.array_equal(concat(first, 'image'), concat(other, 'image'))
 
 
+def test_train_order_ignores_tensorflow_global_seed(data_dir):
+  def first_batches():
+    return take(data.create_train_iterator(
+        make_config(data_dir), global_batch_size=4, resolution=24, seed=0), 3)
+
+  expected = first_batches()
+  try:
+    for global_seed in (0, 7):
+      tf.random.set_seed(global_seed)
+      for a, b in zip(expected, first_batches()):
+        np.testing.assert_array_equal(a['image'], b['image'])
+  finally:
+    tf.random.set_seed(None)
+
+
 def test_train_resumes_exactly_across_epoch_boundaries(data_dir):
   config = make_config(data_dir)
   kwargs = dict(global_batch_size=6, resolution=24, seed=3)

@@ -408,6 +408,10 @@ def create_train_iterator(data_config, *, global_batch_size: int,
 
   @_plain
   def epoch(e):
+    # The shuffle's seed is ours alone: tf.data pairs an op seed with the
+    # graph's, which tf.random.set_seed(k) would set (changing the order;
+    # with k = 0, failing on a tensor op seed).
+    tf.compat.v1.get_default_graph().seed = None
     epoch_key = tf.random.experimental.stateless_fold_in(key, e)
     shuffle_seed = tf.random.stateless_uniform(
         [], epoch_key, minval=None, maxval=None, dtype=tf.int64)
