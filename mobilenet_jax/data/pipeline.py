@@ -231,6 +231,7 @@ def _even_bounds(total: int, index: int, count: int) -> tuple[int, int]:
 
 
 def _builder(dataset: str, data_dir: str | None):
+  """`tfds.builder`; a one-line ValueError for a name tfds does not know."""
   try:
     return tfds.builder(dataset, data_dir=data_dir)
   except (ValueError, AssertionError) as e:
