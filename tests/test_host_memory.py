@@ -92,4 +92,4 @@ def test_bench_command_runs_with_the_tunables():
   report = json.loads(result.stdout)
   assert report['glibc_tunables'] == ALL_TUNABLES
   assert report['cpu_async_dispatch'] is False
-  assert report['compiler_options'] == xla_options.CPU_FAST_MATH
+  assert report['compiler_options'] == xla_options.CPU_OPTIONS

@@ -1,4 +1,5 @@
-"""The steps' XLA compiler options: CPU fast math that keeps NaN and Inf."""
+"""The steps' XLA compiler options: CPU fast math that keeps NaN and Inf,
+LLVM at -O1."""
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +43,11 @@ def test_cpu_gets_fast_math_with_nans_and_infs_kept_other_backends_none():
   assert options['xla_cpu_enable_fast_math'] is True
   for kept in ('nans', 'infs', 'division', 'functions'):
     assert options[f'xla_cpu_fast_math_honor_{kept}'] is True
+  assert options['xla_backend_optimization_level'] == 1
   assert xla_options.step_compiler_options('tpu') == {}
   assert xla_options.step_compiler_options('gpu') == {}
   options.clear()  # A copy: the module's stays as it was.
-  assert xla_options.step_compiler_options('cpu') == xla_options.CPU_FAST_MATH
+  assert xla_options.step_compiler_options('cpu') == xla_options.CPU_OPTIONS
 
 
 @pytest.mark.parametrize('strides', [1, 2])
