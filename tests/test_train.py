@@ -204,19 +204,24 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_and_one_restores(tmp_path):
-  # A fresh data_dir: the two processes find the dataset unprepared at once.
-  overrides = tiny_overrides(str(tmp_path / 'tfds'), num_train_steps=4,
-                             checkpoint_every_steps=2)
+def _start_two_processes(overrides, workdir):
+  """`main` as processes 0 and 1 of a jax.distributed job on this host."""
   address = f'127.0.0.1:{_free_port()}'
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  processes = [
+  return [
       subprocess.Popen(
-          main_command(overrides, tmp_path, f'--coordinator_address={address}',
+          main_command(overrides, workdir, f'--coordinator_address={address}',
                        '--num_processes=2', f'--process_id={i}'),
           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
           text=True)
       for i in range(2)]
+
+
+def test_two_processes_train_and_one_restores(tmp_path):
+  # A fresh data_dir: the two processes find the dataset unprepared at once.
+  overrides = tiny_overrides(str(tmp_path / 'tfds'), num_train_steps=4,
+                             checkpoint_every_steps=2)
+  processes = _start_two_processes(overrides, tmp_path)
   for p in processes:
     _, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr[-3000:]
@@ -235,15 +240,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
   overrides = tiny_overrides(data_dir, num_train_steps=5000,
                              checkpoint_every_steps=10000,
                              log_every_steps=10)
-  address = f'127.0.0.1:{_free_port()}'
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  processes = [
-      subprocess.Popen(
-          main_command(overrides, tmp_path, f'--coordinator_address={address}',
-                       '--num_processes=2', f'--process_id={i}'),
-          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-          text=True)
-      for i in range(2)]
+  processes = _start_two_processes(overrides, tmp_path)
   try:
     deadline = time.time() + 300
     while not _logged_step(tmp_path / 'metrics.jsonl', 20):
