@@ -157,7 +157,8 @@ def patches_as_dot(inputs, kernel, window_strides, padding, *,
   for tap, (_, window) in enumerate(depthwise.windows(inputs, kernel_size,
                                                       strides)):
     start = tap * channels
-    placed = jnp.pad(window, [(0, 0)] * 3 + [(start, width - start - channels)])
+    placed = jnp.pad(window,
+                     [(0, 0)] * 3 + [(start, width - start - channels)])
     patches = placed if patches is None else patches + placed
   return _dot_over_channels(patches, kernel.reshape(-1, kernel.shape[-1]),
                             precision)
