@@ -4,6 +4,8 @@ import collections
 import math
 import os
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -336,6 +338,28 @@ def test_mock_data_passes_through_the_pipeline(tmp_path, name, num_classes,
     assert ((0 <= batch['label']) & (batch['label'] < num_classes)).all()
   assert len(evaluation) == 2
   assert concat(evaluation, 'mask').sum() == num_examples
+
+
+@pytest.mark.parametrize('process_index', [0, 1])
+def test_distributed_processes_wait_once_for_process_0_to_prepare(
+    tmp_path, monkeypatch, process_index):
+  # Under jax.distributed: one barrier per dataset and process, reached by
+  # process 0 with the data written, by the others before they read it.
+  prepared_at_barrier = []
+  def barrier(name):
+    builder = tfds.builder(TINY, data_dir=str(tmp_path))
+    prepared_at_barrier.append((name, builder.is_prepared()))
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: process_index)
+  monkeypatch.setattr(multihost_utils, 'sync_global_devices', barrier)
+  config = make_config(str(tmp_path))
+  for _ in range(2):
+    assert data.get_dataset_info(config).num_train_examples == 200
+    evaluation = data.create_eval_iterator(
+        config, global_batch_size=4, resolution=SIDE, process_count=2,
+        process_index=process_index)
+    assert next(evaluation)['image'].shape == (2, SIDE, SIDE, 3)
+  assert prepared_at_barrier == [(f'prepared {TINY}', process_index == 0)]
 
 
 def test_bad_input_raises_value_errors_naming_the_field(data_dir):

@@ -242,20 +242,27 @@ def _builder(dataset: str, data_dir: str | None):
         f"'folder:/path/to/dir'") from None
 
 
+# (dataset, data_dir) pairs that process 0 prepared under jax.distributed
+# while this process waited: later reads skip the barrier.
+_PREPARED_BY_PROCESS_0: set[tuple[str, str | None]] = set()
+
+
 def _prepared_builder(dataset: str, data_dir: str | None):
   """tfds' builder of `dataset`, prepared in `data_dir` if it was not.
 
-  Under jax.distributed, process 0 prepares first while the others wait:
-  on a data_dir they share, they then find it prepared (writing it at once,
-  all but one failed to rename their finished copy into place); on disks
-  of their own, each prepares its copy after.
+  Under jax.distributed, process 0 prepares first while the others wait,
+  once per (dataset, data_dir) and process: on a data_dir they share, they
+  then find it prepared (writing it at once, all but one failed to rename
+  their finished copy into place); on disks of their own, each prepares its
+  copy after.
   """
-  builder = _builder(dataset, data_dir)
-  if jax.process_count() > 1:
+  key = (dataset, data_dir)
+  if jax.process_count() > 1 and key not in _PREPARED_BY_PROCESS_0:
     if jax.process_index() == 0:
-      builder.download_and_prepare()
+      _builder(dataset, data_dir).download_and_prepare()
     multihost_utils.sync_global_devices(f'prepared {dataset}')
-    builder = _builder(dataset, data_dir)  # as process 0 left the directory
+    _PREPARED_BY_PROCESS_0.add(key)
+  builder = _builder(dataset, data_dir)  # opened after process 0 wrote it
   builder.download_and_prepare()
   return builder
 
