@@ -177,7 +177,19 @@ def test_train_is_deterministic_given_the_seed(data_dir):
   assert not np.array_equal(concat(first, 'image'), concat(other, 'image'))
 
 
-def test_train_order_ignores_tensorflow_global_seed(data_dir):
+@pytest.fixture(scope='module')
+def sharded_data_dir(tmp_path_factory):
+  """The tiny dataset written as 8 files a split: file order is shuffled."""
+  path = str(tmp_path_factory.mktemp('tfds_sharded'))
+  tfds.builder(TINY, data_dir=path).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=8))
+  return path
+
+
+@pytest.mark.parametrize('files', ['one_file', 'eight_files'])
+def test_train_order_ignores_tensorflow_global_seed(files, request):
+  data_dir = request.getfixturevalue(
+      'data_dir' if files == 'one_file' else 'sharded_data_dir')
   def first_batches():
     return take(data.create_train_iterator(
         make_config(data_dir), global_batch_size=4, resolution=24, seed=0), 3)

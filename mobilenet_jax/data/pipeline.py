@@ -215,12 +215,34 @@ class _Source:
     else:
       read_config = tfds.ReadConfig(
           shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False)
-      ds = self.builder.as_dataset(
-          split=tfds.split_for_jax_process(split, process_index=process_index,
-                                           process_count=process_count),
-          decoders=decoders, shuffle_files=shuffle_seed is not None,
-          read_config=read_config)
+
+      def files():
+        return self.builder.as_dataset(
+            split=tfds.split_for_jax_process(
+                split, process_index=process_index,
+                process_count=process_count),
+            decoders=decoders, shuffle_files=shuffle_seed is not None,
+            read_config=read_config)
+
+      @_plain
+      def shuffled_files(_):
+        _clear_graph_seed()
+        return files()
+      # The file shuffle is made inside a tf.data function, where the graph
+      # seed can be cleared; unshuffled reads keep their cardinality (which
+      # flat_map forgets) for counting.
+      ds = (files() if shuffle_seed is None else
+            tf.data.Dataset.from_tensors(0).flat_map(shuffled_files))
     return ds.map(_plain(lambda ex: (ex[self.image_key], ex[self.label_key])))
+
+
+def _clear_graph_seed() -> None:
+  """Inside a tf.data function: its random ops take their op seeds alone.
+
+  tf.data pairs an op seed with the graph's, which tf.random.set_seed(k)
+  sets; that changed the order (and with k = 0 failed on a tensor op seed).
+  """
+  tf.compat.v1.get_default_graph().seed = None
 
 
 def _even_bounds(total: int, index: int, count: int) -> tuple[int, int]:
@@ -416,10 +438,7 @@ def create_train_iterator(data_config, *, global_batch_size: int,
 
   @_plain
   def epoch(e):
-    # The shuffle's seed is ours alone: tf.data pairs an op seed with the
-    # graph's, which tf.random.set_seed(k) would set (changing the order;
-    # with k = 0, failing on a tensor op seed).
-    tf.compat.v1.get_default_graph().seed = None
+    _clear_graph_seed()
     epoch_key = tf.random.experimental.stateless_fold_in(key, e)
     shuffle_seed = tf.random.stateless_uniform(
         [], epoch_key, minval=None, maxval=None, dtype=tf.int64)
