@@ -419,25 +419,18 @@ def markdown(report: dict) -> str:
 
 
 def define_flags() -> None:
-  """This script's flags. Those that mobilenet_jax.bench (imported here)
-  also defines replace its definitions: same meanings, this script's
-  defaults."""
-  shared = {'allow_override': True}
-  flags.DEFINE_float('alpha', 1.0, 'Width multiplier.', **shared)
-  flags.DEFINE_integer('resolution', 224, 'Input side in pixels.', **shared)
-  flags.DEFINE_integer('batch_size', 32, 'Images per step.', **shared)
-  flags.DEFINE_integer('steps', 5, 'Timed steps of each system (>= 5).',
-                       **shared)
+  """This script's flags."""
+  flags.DEFINE_float('alpha', 1.0, 'Width multiplier.')
+  flags.DEFINE_integer('resolution', 224, 'Input side in pixels.')
+  flags.DEFINE_integer('batch_size', 32, 'Images per step.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps of each system (>= 5).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps of each system after its '
-                       'setup.', **shared)
+                       'setup.')
   flags.DEFINE_enum(
       'depthwise_impl', 'auto', sorted(depthwise.IMPLEMENTATIONS),
-      'Our depthwise convolution implementation (see mobilenet_jax.depthwise).',
-      **shared)
-  flags.DEFINE_integer('seed', 0, 'Seed of the batches and of our parameters.',
-                       **shared)
-  flags.DEFINE_bool('json', False, 'Print only one JSON object on stdout.',
-                    **shared)
+      'Our depthwise convolution implementation (see mobilenet_jax.depthwise).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the batches and of our parameters.')
+  flags.DEFINE_bool('json', False, 'Print only one JSON object on stdout.')
   flags.DEFINE_list('modes', list(MODES), f'Among {list(MODES)}.')
   flags.DEFINE_list('systems', list(SYSTEMS), f'Among {list(SYSTEMS)}.')
   flags.DEFINE_integer('threads', None,
@@ -449,11 +442,6 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # mobilenet_jax.bench's own flags (--model, --mode, ...) mean nothing here.
-  foreign = [f'--{f.name}' for f in FLAGS.get_flags_for_module(bench)
-             if f.present]
-  if foreign:
-    raise app.UsageError(f'not flags of this script: {foreign}')
   try:
     check_settings(FLAGS.steps, FLAGS.warmup, FLAGS.batch_size, FLAGS.modes,
                    FLAGS.systems)

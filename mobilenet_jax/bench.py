@@ -267,57 +267,61 @@ def _print_model(result):
       print(f"    {row['ms_per_step']:9.1f}  {row['pass']:8s}  {row['layer']}")
 
 
-_MODEL = flags.DEFINE_string(
-    'model', None, f'Registry name, one of {sorted(models.REGISTRY)}.')
-_ALPHA = flags.DEFINE_float('alpha', 1.0, 'Width multiplier.')
-_RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Input side in pixels.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per step.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', DTYPES, 'Compute dtype.')
-_MODE = flags.DEFINE_enum('mode', 'train', MODES,
-                          'train: a full train step; infer: a forward pass.')
-_DEPTHWISE_IMPL = flags.DEFINE_enum(
-    'depthwise_impl', 'auto', sorted(depthwise.IMPLEMENTATIONS),
-    'Depthwise convolution implementation (see mobilenet_jax.depthwise).')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (>= 5).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of parameters and inputs.')
-_DATA = flags.DEFINE_bool(
-    'data', False, 'Time the training input pipeline instead of a model.')
-_DATASET = flags.DEFINE_string('dataset', 'shapes',
-                               'With --data: tfds name or folder:/path.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'With --data: tfds data directory.')
-_SPLIT = flags.DEFINE_string('split', 'train', 'With --data: the split.')
-_TRACE_DIR = flags.DEFINE_string(
-    'trace_dir', None, 'Trace the timed steps with jax.profiler into this '
-    'directory and report their time per layer kind and pass.')
-_JSON = flags.DEFINE_bool('json', False,
-                          'Print only one JSON object on stdout.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs: modules that import
+  this one (experiments.benchmark_peers) define their own."""
+  flags.DEFINE_string(
+      'model', None, f'Registry name, one of {sorted(models.REGISTRY)}.')
+  flags.DEFINE_float('alpha', 1.0, 'Width multiplier.')
+  flags.DEFINE_integer('resolution', 224, 'Input side in pixels.')
+  flags.DEFINE_integer('batch_size', 32, 'Images per step.')
+  flags.DEFINE_enum('dtype', 'float32', DTYPES, 'Compute dtype.')
+  flags.DEFINE_enum('mode', 'train', MODES,
+                    'train: a full train step; infer: a forward pass.')
+  flags.DEFINE_enum(
+      'depthwise_impl', 'auto', sorted(depthwise.IMPLEMENTATIONS),
+      'Depthwise convolution implementation (see mobilenet_jax.depthwise).')
+  flags.DEFINE_integer('steps', 10, 'Timed steps (>= 5).')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+  flags.DEFINE_integer('seed', 0, 'Seed of parameters and inputs.')
+  flags.DEFINE_bool(
+      'data', False, 'Time the training input pipeline instead of a model.')
+  flags.DEFINE_string('dataset', 'shapes',
+                      'With --data: tfds name or folder:/path.')
+  flags.DEFINE_string('data_dir', None, 'With --data: tfds data directory.')
+  flags.DEFINE_string('split', 'train', 'With --data: the split.')
+  flags.DEFINE_string(
+      'trace_dir', None, 'Trace the timed steps with jax.profiler into this '
+      'directory and report their time per layer kind and pass.')
+  flags.DEFINE_bool('json', False, 'Print only one JSON object on stdout.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _DATA.value == (_MODEL.value is not None):
+  if FLAGS.data == (FLAGS.model is not None):
     raise app.UsageError('give exactly one of --model and --data')
   # Libraries' own prints (tfds preparing a dataset) go to stderr, so that
   # stdout holds the result alone.
   with contextlib.redirect_stdout(sys.stderr):
-    if _DATA.value:
+    if FLAGS.data:
       result = benchmark_data(
-          _DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
-          resolution=_RESOLUTION.value, batch_size=_BATCH_SIZE.value,
-          steps=_STEPS.value, warmup=_WARMUP.value, seed=_SEED.value)
+          FLAGS.dataset, data_dir=FLAGS.data_dir, split=FLAGS.split,
+          resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
+          steps=FLAGS.steps, warmup=FLAGS.warmup, seed=FLAGS.seed)
     else:
       result = benchmark_model(
-          _MODEL.value, alpha=_ALPHA.value, resolution=_RESOLUTION.value,
-          batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, mode=_MODE.value,
-          depthwise_impl=_DEPTHWISE_IMPL.value, steps=_STEPS.value,
-          warmup=_WARMUP.value, seed=_SEED.value, trace_dir=_TRACE_DIR.value)
-  if _JSON.value:
+          FLAGS.model, alpha=FLAGS.alpha, resolution=FLAGS.resolution,
+          batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, mode=FLAGS.mode,
+          depthwise_impl=FLAGS.depthwise_impl, steps=FLAGS.steps,
+          warmup=FLAGS.warmup, seed=FLAGS.seed, trace_dir=FLAGS.trace_dir)
+  if FLAGS.json:
     json.dump(result, sys.stdout)
     sys.stdout.write('\n')
-  elif _DATA.value:
+  elif FLAGS.data:
     print(f"{result['dataset']} {result['split']} input pipeline, "
           f"{result['resolution']}px batch {result['batch_size']}")
     _print_timing(result)
@@ -328,4 +332,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -24,22 +24,20 @@ All take NHWC `x` and a (k, k, 1, C) kernel and compute the same 'SAME'-padded
   time: grouped on TPU (native there), shifted_vjp on CPU (measured below),
   shifted on GPU (not measured; see the end).
 
-Measured on a shared 2-core CPU (Xeon, AVX-512; jax 0.10.2): MobileNetV2
-1.0, 224 px, batch 8, float32, steps alternating between implementations in
-one process. Other jobs loaded the CPU (load 4-7), so images per second vary
-2x between runs; the per-step ratios within a run are the figures to trust.
+Measured on this 2-core CPU (Xeon, AVX-512; jax 0.10.2; 2026-12-03, a
+quiet VM): MobileNetV2 1.0, 224 px, batch 32, float32, the default train
+step (`bench`), steps alternating between implementations in one process
+(5 train and 10 inference steps each); "x" is the median of the paired
+step-time ratios to shifted_vjp.
 
-  | impl        | inference img/s | train img/s | train step time          |
-  |-------------|-----------------|-------------|--------------------------|
-  | grouped     | 5.3             | 0.4 *       | 4.7x shifted_vjp's *     |
-  | shifted     | 32.8            | 1.9         | 1.00                     |
-  | shifted_vjp | 33.0            | 2.2         | 0.86x shifted's CPU time |
+  | impl        | inference img/s | train img/s | train step | compile (s) |
+  |-------------|-----------------|-------------|------------|-------------|
+  | grouped     | 9.2             | 2.2         | 14.2x      | 10.0        |
+  | shifted     | 121.7           | 21.2        | 1.36x      | 10.9        |
+  | shifted_vjp | 119.8           | 29.2        | 1.00       | 12.4        |
 
-(* a run of grouped against shifted_vjp alone, shifted_vjp at 2.0 img/s.)
-Inference of grouped took 6.1x shifted's time. Per layer (forward and
-backward, batch 8), shifted_vjp took 82 ms where shifted took 118 at 56x56x144
-stride 1, 83 ms where it took 103 at 112x112x96 stride 2; its dL/dw alone
-takes 0.4-0.7x autodiff's time.
+Inference with grouped took 12.9x shifted_vjp's time; shifted and
+shifted_vjp share the forward pass (paired 1.01x).
 
 A space-to-depth form (stride-2 taps as unit-stride slices of the input's
 2x2 phases) was measured too and dropped: no faster forward, slower backward.
