@@ -1,11 +1,12 @@
-# Fresh machine: `make run` (set up + main job), `make test` (set up + tests).
+# Fresh machine: `make run` (set up + main job), `make test` (set up + tests),
+# `make test-fast` (set up + the tests not marked slow or multiprocess).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test profile
+.PHONY: setup run test test-fast
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +23,6 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m 'not slow and not multiprocess' $(PYTEST_ARGS)

@@ -13,46 +13,75 @@ leave a margin over 90% (800 gave 93.5-94.3%). Crops that keep at least 85%
 of the image never cut the shape away, and the shape fills up to 80% of the
 image, so evaluation takes the whole image (no central crop). Dropout and
 weight decay only slowed a run this short.
+
+This file lists every config field with its default and imports only
+ml_collections, so that loading any config is fast and needs no jax,
+TensorFlow or optax.
 """
 
 import ml_collections
 from ml_collections import config_dict
-
-from mobilenet_jax import data
-from mobilenet_jax import optim
 
 
 def get_config():
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'mobilenet_v1'
-  config.model.alpha = 0.5
+  config.model.name = 'mobilenet_v1'  # a models.REGISTRY name
+  config.model.alpha = 0.5  # width multiplier
   config.model.expansion = config_dict.placeholder(float)  # None: paper's t
-  config.model.dropout_rate = 0.0
-  config.model.dtype = 'float32'
+  config.model.dropout_rate = 0.0  # before the classifier
+  config.model.dtype = 'float32'  # compute dtype; parameters stay float32
   # Short runs need a short BatchNorm memory; the references use 0.99-0.999.
   config.model.bn_momentum = 0.9
-  config.model.depthwise_impl = 'auto'  # per backend: see depthwise.py
+  # Which op set computes the network: 'reference' (plain Flax: nn.Conv with
+  # feature_group_count depthwise, nn.BatchNorm; what TPU, GPU and export
+  # run), 'cpu' (XLA:CPU kernels, tested equal to reference), 'auto' (cpu on
+  # the CPU backend, reference elsewhere).
+  config.model.ops = 'auto'
 
-  config.data = data.default_config()  # every pipeline knob, documented
+  # The input pipeline (mobilenet_jax/data/pipeline.py documents each field).
+  config.data = ml_collections.ConfigDict()
+  # A tfds name ('shapes', 'shapes/tiny', 'cifar10', 'imagenet2012', ...) or
+  # 'folder:/path/to/dir' (<split>/<class>/<image file>).
   config.data.dataset = 'shapes'
-  config.data.data_dir = config_dict.placeholder(str)
-  config.data.rho = 1.0
-  config.data.base_resolution = 64
-  config.data.train_split = 'train'
-  config.data.eval_split = 'test'
+  config.data.data_dir = config_dict.placeholder(str)  # None: tfds' default
+  config.data.train_split = 'train'  # tfds split string, slicing allowed
+  config.data.eval_split = 'test'  # tfds split string, slicing allowed
+  config.data.image_key = 'image'  # the image feature's name
+  config.data.label_key = 'label'  # the ClassLabel feature's name
+  config.data.rho = 1.0  # resolution multiplier of base_resolution
+  config.data.base_resolution = 64  # input side at rho = 1
+  config.data.shuffle_buffer = 16_384  # examples in the training shuffle
+  # Keep the training slice in memory; None: when it fits (pipeline.py).
+  config.data.cache = config_dict.placeholder(bool)
+  # Train crop area / image area, (min, max); 0.85 keeps the shapes whole.
   config.data.crop_area_range = (0.85, 1.0)
-  config.data.eval_crop_fraction = 1.0
+  config.data.crop_aspect_ratio_range = (3 / 4, 4 / 3)  # crop width / height
+  config.data.eval_crop_fraction = 1.0  # central crop side / shorter side
+  config.data.mean = (0.485, 0.456, 0.406)  # RGB mean in [0, 1] (ImageNet's)
+  config.data.std = (0.229, 0.224, 0.225)  # RGB std in [0, 1] (ImageNet's)
 
-  config.optim = optim.default_optim_config()
-  config.optim.name = 'adamw'
-  config.optim.learning_rate = 5e-3
-  config.optim.schedule = 'cosine'
-  config.optim.warmup_steps = 50
-  config.optim.weight_decay = 0.0
-  config.optim.label_smoothing = 0.0
-  config.optim.ema_decay = 0.0
+  # The optimizer (mobilenet_jax/optim.py documents each field).
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = 'adamw'  # 'sgd' | 'rmsprop_tf' | 'adamw'
+  config.optim.learning_rate = 5e-3  # peak, for the global batch
+  config.optim.schedule = 'cosine'  # 'cosine' | 'exponential' | 'constant'
+  config.optim.warmup_steps = 50  # linear warm-up from 0
+  config.optim.weight_decay = 0.0  # sgd/rmsprop_tf: L2; adamw: decoupled
+  config.optim.decay_depthwise = False  # also decay depthwise kernels
+  config.optim.label_smoothing = 0.0  # in [0, 1)
+  config.optim.ema_decay = 0.0  # EMA of the variables; 0 disables
+  config.optim.momentum = 0.9  # sgd / rmsprop_tf momentum; 0 disables
+  config.optim.nesterov = True  # sgd only
+  config.optim.decay_rate = 0.97  # exponential: factor every decay_epochs
+  config.optim.decay_epochs = 2.4  # exponential: staircase period
+  config.optim.rmsprop_decay = 0.9  # rmsprop_tf: squared-gradient decay
+  config.optim.rmsprop_epsilon = 0.002  # rmsprop_tf: inside the square root
+  config.optim.adam_b1 = 0.9  # adamw first-moment decay
+  config.optim.adam_b2 = 0.999  # adamw second-moment decay
+  config.optim.adam_epsilon = 1e-8  # adamw epsilon
+  config.optim.grad_clip_norm = 0.0  # global-norm gradient clip; 0 disables
 
   config.batch_size = 64
   config.eval_batch_size = 0  # 0: same as batch_size

@@ -6,7 +6,7 @@ little weight decay and less augmentation, section 4).
 Arguments: `:alpha=0.5,rho=0.714,epochs=350` (the paper's table 6/7 grid).
 """
 
-from mobilenet_jax import config_args
+from configs import config_args
 from configs import imagenet_mobilenet_v2
 
 

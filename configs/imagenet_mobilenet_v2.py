@@ -7,14 +7,17 @@ Recipe: the TPU recipe of the authors' group for MobileNetV2/V3 and MnasNet
 epochs): RMSProp TF-style (decay 0.9, momentum 0.9, epsilon 0.001), peak
 learning rate 0.016 per 256 images (0.256 at batch 4096), 5 warm-up epochs,
 exponential decay 0.97 every 2.4 epochs, weight decay (L2) 1e-5, label
-smoothing 0.1, EMA 0.9999, dropout 0.2, bfloat16, global batch 4096.
+smoothing 0.1, EMA 0.9999, dropout 0.2, global batch 4096.
 Paper (V2 section 6.1): RMSProp decay/momentum 0.9, lr 0.045 decaying 0.98
 per epoch, weight decay 4e-5, batch 96 on 16 GPUs: 72.0% top-1.
+
+The recipe is hardware-neutral: float32 and `model.ops = 'auto'` from
+`default.py`; `tpu.py` adds what a TPU decides (bfloat16).
 
 Arguments: `:alpha=0.75,rho=0.857,t=4,epochs=350`.
 """
 
-from mobilenet_jax import config_args
+from configs import config_args
 from configs import default
 
 
@@ -27,9 +30,7 @@ def get_config(arg=None):
   if args.t > 0:
     config.model.expansion = args.t
   config.model.dropout_rate = 0.2
-  config.model.dtype = 'bfloat16'
   config.model.bn_momentum = 0.99
-  config.model.depthwise_impl = 'grouped'  # native on TPU
 
   config.data.dataset = 'imagenet2012'
   config.data.rho = args.rho

@@ -7,7 +7,7 @@ reaches 75.8%).
 Arguments: `:alpha=0.75,rho=1.0,epochs=350,minimal=false`.
 """
 
-from mobilenet_jax import config_args
+from configs import config_args
 from configs import imagenet_mobilenet_v2
 
 

@@ -1,5 +1,6 @@
 """Hardware override for TPU VMs: takes a recipe and changes only what the
-hardware decides (bfloat16 compute, the native grouped depthwise conv).
+hardware decides: bfloat16 compute (`model.ops` stays 'auto', which is the
+`reference` op set on TPU).
 
   python -m mobilenet_jax.main --workdir=gs://BUCKET/runs/v2 \
       --config=configs/tpu.py:recipe=imagenet_mobilenet_v2,alpha=0.75
@@ -18,5 +19,4 @@ def get_config(arg='recipe=imagenet_mobilenet_v2'):
                      'recipe=imagenet_mobilenet_v2')
   config = importlib.import_module(f'configs.{name}').get_config(rest or None)
   config.model.dtype = 'bfloat16'
-  config.model.depthwise_impl = 'grouped'
   return config

@@ -30,7 +30,7 @@ ratio ours / system of images per second.
   python -m experiments.benchmark_peers   # MobileNetV2 1.0, 224 px, batch 32
   python -m experiments.benchmark_peers --alpha=0.35 --resolution=64 \
       --batch_size=4 --systems=ours,torch --modes=infer --threads=2 \
-      [--depthwise_impl=auto] [--steps=5] [--warmup=2] [--json] [--out=PATH]
+      [--ops=auto] [--steps=5] [--warmup=2] [--json] [--out=PATH]
 
 --threads is torch's intra-op threads (default: every CPU). On a machine
 busy with other work, OpenMP threads that outnumber the free cores slow torch
@@ -74,9 +74,9 @@ import jax
 import numpy as np
 
 from mobilenet_jax import bench
-from mobilenet_jax import depthwise
 from mobilenet_jax import models
-from mobilenet_jax import sweep
+from mobilenet_jax import ops as ops_lib
+from mobilenet_jax import sweep_summary
 from mobilenet_jax.layers import make_divisible
 # pylint: enable=g-import-not-at-top
 
@@ -190,10 +190,10 @@ def _jax_runner(system: str, mode: str, step, carry, batch: dict) -> Runner:
   return Runner(system, mode, _jax_put, run, setup_s)
 
 
-def _ours(mode: str, alpha: float, resolution: int, depthwise_impl: str,
+def _ours(mode: str, alpha: float, resolution: int, ops: str,
           batch: dict, seed: int) -> Runner:
   model = models.create_model('mobilenet_v2', num_classes=NUM_CLASSES,
-                              alpha=alpha, depthwise_impl=depthwise_impl)
+                              alpha=alpha, ops=ops)
   # pylint: disable-next=protected-access
   make_step = bench._train_step_fn if mode == 'train' else bench._infer_step_fn
   step, carry = make_step(model, resolution, jax.random.PRNGKey(seed))
@@ -286,7 +286,7 @@ def command_line(settings: dict) -> str:
       'python', '-m', 'experiments.benchmark_peers',
       *(f'--{key}={settings[key]}' for key in (
           'alpha', 'resolution', 'batch_size', 'steps', 'warmup',
-          'depthwise_impl', 'threads', 'seed')),
+          'ops', 'threads', 'seed')),
       f"--modes={','.join(settings['modes'])}",
       f"--systems={','.join(settings['systems'])}"])
 
@@ -307,7 +307,7 @@ def check_settings(steps: int, warmup: int, batch_size: int,
 def benchmark(*, alpha: float = 1.0, resolution: int = 224,
               batch_size: int = 32, steps: int = 5, warmup: int = 2,
               modes: Sequence[str] = MODES, systems: Sequence[str] = SYSTEMS,
-              depthwise_impl: str = 'auto', threads: int | None = None,
+              ops: str = 'auto', threads: int | None = None,
               seed: int = 0) -> dict:
   """Times every available system in every mode, alternating them.
 
@@ -319,7 +319,7 @@ def benchmark(*, alpha: float = 1.0, resolution: int = 224,
     warmup: untimed steps of each after its setup.
     modes: among MODES.
     systems: among SYSTEMS; those whose framework is missing are skipped.
-    depthwise_impl: ours' depthwise convolution (mobilenet_jax.depthwise).
+    ops: our op set (mobilenet_jax.ops).
     threads: torch's intra-op threads; None: os.cpu_count().
     seed: seed of the batches and of ours' parameters.
 
@@ -354,7 +354,7 @@ def benchmark(*, alpha: float = 1.0, resolution: int = 224,
   for mode in modes:
     for system in systems:
       if system == 'ours':
-        runners.append(_ours(mode, alpha, resolution, depthwise_impl, batch,
+        runners.append(_ours(mode, alpha, resolution, ops, batch,
                              seed))
       elif system == 'torch':
         runners.append(_torch(torch, mode, alpha, images, labels))
@@ -380,8 +380,7 @@ def benchmark(*, alpha: float = 1.0, resolution: int = 224,
       'model': 'mobilenet_v2', 'alpha': alpha, 'resolution': resolution,
       'batch_size': batch_size, 'dtype': 'float32', 'steps': steps,
       'warmup': warmup, 'modes': list(modes), 'systems': systems,
-      'depthwise_impl': depthwise_impl,
-      'depthwise_impl_resolved': depthwise.resolve(depthwise_impl),
+      'ops': ops, 'ops_resolved': ops_lib.resolve(ops),
       'threads': threads, 'seed': seed, 'cpu_count': os.cpu_count(),
       'device_kind': jax.local_devices()[0].device_kind,
       'jax': jax.__version__,
@@ -412,10 +411,10 @@ def markdown(report: dict) -> str:
       f"{s['batch_size']}, {s['dtype']}; {s['steps']} timed steps after "
       f"{s['warmup']} warmup, systems alternating step by step.",
       f"{versions}; {s['device_kind']}, {s['cpu_count']} CPUs, torch threads "
-      f"{s['threads']}; ours' depthwise {s['depthwise_impl']} "
-      f"({s['depthwise_impl_resolved']}); {s['date']}.",
+      f"{s['threads']}; our ops {s['ops']} ({s['ops_resolved']}); "
+      f"{s['date']}.",
       f"Command: `{report['command']}`", '',
-      sweep.markdown_table(header, rows)])
+      sweep_summary.markdown_table(header, rows)])
 
 
 def define_flags() -> None:
@@ -427,8 +426,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('warmup', 2, 'Untimed steps of each system after its '
                        'setup.')
   flags.DEFINE_enum(
-      'depthwise_impl', 'auto', sorted(depthwise.IMPLEMENTATIONS),
-      'Our depthwise convolution implementation (see mobilenet_jax.depthwise).')
+      'ops', 'auto', ops_lib.NAMES,
+      'Our op set (see mobilenet_jax.ops).')
   flags.DEFINE_integer('seed', 0, 'Seed of the batches and of our parameters.')
   flags.DEFINE_bool('json', False, 'Print only one JSON object on stdout.')
   flags.DEFINE_list('modes', list(MODES), f'Among {list(MODES)}.')
@@ -453,7 +452,7 @@ def main(argv):
         alpha=FLAGS.alpha, resolution=FLAGS.resolution,
         batch_size=FLAGS.batch_size, steps=FLAGS.steps, warmup=FLAGS.warmup,
         modes=FLAGS.modes, systems=FLAGS.systems,
-        depthwise_impl=FLAGS.depthwise_impl, threads=FLAGS.threads,
+        ops=FLAGS.ops, threads=FLAGS.threads,
         seed=FLAGS.seed)
   text = markdown(report)
   if FLAGS.out:

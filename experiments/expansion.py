@@ -24,7 +24,7 @@ from absl import flags
 
 from configs.sweeps import v2_expansion
 from experiments import harness
-from mobilenet_jax import sweep
+from mobilenet_jax import sweep_summary
 
 SWEEP_FILE = 'configs/sweeps/v2_expansion.py'
 # V2 paper table 4, MobileNetV2 (t = 6): top-1 %, MACs (M), params (M).
@@ -33,7 +33,7 @@ PAPER = {6.0: (72.0, 300, 3.4)}
 FLAGS = flags.FLAGS
 
 
-def tables(results: Sequence[tuple[dict, sweep.Row | None]],
+def tables(results: Sequence[tuple[dict, sweep_summary.Row | None]],
            dataset: str) -> list[tuple[str, str]]:
   header = ['t', 'paper top-1 (%), ImageNet', f'ours top-1 (%), {dataset}',
             'paper MACs (M)', 'ours MACs (M)', 'paper params (M)',
@@ -51,7 +51,7 @@ def tables(results: Sequence[tuple[dict, sweep.Row | None]],
         '' if row is None or row.img_per_sec is None
         else f'{row.img_per_sec:.0f}'])
   return [('Expansion factor t (MobileNetV2, alpha 1.0 costs)',
-           sweep.markdown_table(header, rows))]
+           sweep_summary.markdown_table(header, rows))]
 
 
 def main(argv):

@@ -20,6 +20,8 @@ from mobilenet_jax import costs
 from mobilenet_jax import hyper
 from mobilenet_jax import models
 from mobilenet_jax import sweep
+from mobilenet_jax import sweep_runs
+from mobilenet_jax import sweep_summary
 
 FLAGS = flags.FLAGS
 
@@ -35,9 +37,13 @@ def define_flags(name: str, steps: int) -> None:
                       'Where the markdown report goes.')
 
 
+# A run and its summary row (None if it has no run directory).
+Result = tuple[hyper.Run, sweep_summary.Row | None]
+
+
 def run(sweep_file: str, select: Callable[[hyper.Run], bool] = lambda _: True,
         overrides: hyper.Run | None = None
-        ) -> tuple[list[tuple[hyper.Run, sweep.Row | None]], bool] | None:
+        ) -> tuple[list[Result], bool] | None:
   """Runs the sweep file's runs that `select` keeps (under the whole sweep's
   names), each with `overrides` (the experiment's own flags) and --steps
   added.
@@ -55,7 +61,7 @@ def run(sweep_file: str, select: Callable[[hyper.Run], bool] = lambda _: True,
                        f'(--steps, --rho, ...); drop --config.{key}')
   spec = sweep.load_sweep(sweep_file)
   chosen = [({**run, **overrides}, name)
-            for run, name in zip(spec.runs, sweep.run_names(spec.runs))
+            for run, name in zip(spec.runs, sweep_runs.run_names(spec.runs))
             if select(run)]
   if not chosen:
     raise ValueError('the experiment\'s flags select no run of the sweep')
@@ -64,7 +70,7 @@ def run(sweep_file: str, select: Callable[[hyper.Run], bool] = lambda _: True,
                                   names=names)
   if FLAGS.dry_run:
     return None
-  rows = {row.name: row for row in sweep.collect(FLAGS.workdir)}
+  rows = {row.name: row for row in sweep_summary.collect(FLAGS.workdir)}
   return ([(run, rows.get(name)) for run, name in chosen],
           'failed' in statuses.values())
 
@@ -96,7 +102,7 @@ def trained_on() -> str:
           f'({config_flags.get_config_filename(FLAGS["config"])})')
 
 
-def percent(row: sweep.Row | None, field: str = 'top1') -> str:
+def percent(row: sweep_summary.Row | None, field: str = 'top1') -> str:
   value = None if row is None else getattr(row, field)
   return '' if value is None else f'{100 * value:.1f}'
 

@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 
 from experiments import harness
-from mobilenet_jax import sweep
+from mobilenet_jax import sweep_summary
 
 SWEEP_FILE = 'configs/sweeps/v1_separable_vs_standard.py'
 # V1 paper table 4: model -> (label, top-1 %, MACs (M), params (M)).
@@ -34,7 +34,7 @@ TABLE_4 = {'mobilenet_v1_standard': ('Conv MobileNet', 71.7, 4866, 29.3),
 FLAGS = flags.FLAGS
 
 
-def tables(results: Sequence[tuple[dict, sweep.Row | None]],
+def tables(results: Sequence[tuple[dict, sweep_summary.Row | None]],
            dataset: str) -> list[tuple[str, str]]:
   header = ['model', 'paper', 'paper top-1 (%), ImageNet',
             f'ours top-1 (%), {dataset}', 'paper MACs (M)', 'ours MACs (M)',
@@ -54,7 +54,7 @@ def tables(results: Sequence[tuple[dict, sweep.Row | None]],
         '' if row is None or row.img_per_sec is None
         else f'{row.img_per_sec:.0f}'])
   return [('Table 4: depthwise separable vs full convolution MobileNet',
-           sweep.markdown_table(header, rows))]
+           sweep_summary.markdown_table(header, rows))]
 
 
 def main(argv):

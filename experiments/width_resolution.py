@@ -23,7 +23,7 @@ from absl import flags
 
 from configs.sweeps import v1_width_resolution
 from experiments import harness
-from mobilenet_jax import sweep
+from mobilenet_jax import sweep_summary
 
 SWEEP_FILE = 'configs/sweeps/v1_width_resolution.py'
 # V1 paper table 6 (224 px): alpha -> (top-1 %, MACs (M), params (M)).
@@ -48,7 +48,7 @@ def _row(paper, profile, row):
           else f'{row.img_per_sec:.0f}']
 
 
-def tables(results: Sequence[tuple[dict, sweep.Row | None]],
+def tables(results: Sequence[tuple[dict, sweep_summary.Row | None]],
            dataset: str) -> list[tuple[str, str]]:
   """Table 6 (runs at rho = 1) and table 7 (runs at alpha = 1)."""
   columns = ['paper top-1 (%), ImageNet', f'ours top-1 (%), {dataset}',
@@ -65,9 +65,9 @@ def tables(results: Sequence[tuple[dict, sweep.Row | None]],
                          *_row(TABLE_7.get(profile.resolution), profile, row)])
   return [
       ('Table 6: width multiplier (224 px)',
-       sweep.markdown_table(['alpha', *columns], width)),
+       sweep_summary.markdown_table(['alpha', *columns], width)),
       ('Table 7: resolution multiplier (alpha 1.0)',
-       sweep.markdown_table(['resolution (px)', *columns], resolution)),
+       sweep_summary.markdown_table(['resolution (px)', *columns], resolution)),
   ]
 
 

@@ -3,7 +3,7 @@ or of the training input pipeline alone.
 
   python -m mobilenet_jax.bench --model=mobilenet_v2 [--alpha=1.0] \
       [--resolution=224] [--batch_size=32] [--dtype=float32|bfloat16] \
-      [--mode=train|infer] [--depthwise_impl=auto] [--steps=10] [--warmup=2] \
+      [--mode=train|infer] [--ops=auto] [--steps=10] [--warmup=2] \
       [--trace_dir=DIR] [--json]
   python -m mobilenet_jax.bench --data [--dataset=shapes] [--data_dir=...] \
       [--resolution=224] [--batch_size=32] [--steps=10] [--warmup=2] [--json]
@@ -28,8 +28,9 @@ the time to the first batch (preparing the dataset, filling the cache).
 their time per layer kind and pass (`mobilenet_jax.step_profile`).
 
 Train mode times `train.train_step` (forward, backward, optimizer update,
-BatchNorm statistics and EMA) with the default optimizer of `optim`
-(TF RMSProp, EMA 0.9999); infer mode times `model.apply(..., train=False)`.
+BatchNorm statistics and EMA) with the optimizer of the ImageNet recipes
+(`configs/imagenet_mobilenet_v2.py`: TF RMSProp, EMA 0.9999); infer mode
+times `model.apply(..., train=False)`.
 """
 
 if __name__ == '__main__':
@@ -50,10 +51,11 @@ from absl import flags
 import jax
 import numpy as np
 
+from configs import imagenet_mobilenet_v2
 from mobilenet_jax import data
-from mobilenet_jax import depthwise
 from mobilenet_jax import host_memory
 from mobilenet_jax import models
+from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import optim
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import step_profile
@@ -110,7 +112,7 @@ def _init_variables(model, resolution: int, rng):
 
 def _train_step_fn(model, resolution: int, rng):
   """(jitted step(state, batch) -> (state, metrics), initial state)."""
-  optim_config = optim.default_optim_config()
+  optim_config = imagenet_mobilenet_v2.get_config().optim
   use_ema = optim_config.ema_decay > 0
   variables = _init_variables(model, resolution, rng)
   tx, schedule = optim.create_optimizer(
@@ -141,7 +143,7 @@ def _infer_step_fn(model, resolution: int, rng):
 
 def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
                     batch_size: int = 32, dtype: str = 'float32',
-                    mode: str = 'train', depthwise_impl: str = 'auto',
+                    mode: str = 'train', ops: str = 'auto',
                     steps: int = 10, warmup: int = 2, seed: int = 0,
                     trace_dir: str | None = None) -> dict:
   """Times `steps` train or inference steps of one model; returns the
@@ -155,7 +157,7 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
   _check('dtype', dtype, DTYPES)
   _check_counts(steps, warmup, batch_size)
   model = models.create_model(name, num_classes=NUM_CLASSES, alpha=alpha,
-                              dtype=dtype, depthwise_impl=depthwise_impl)
+                              dtype=dtype, ops=ops)
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(seed))
   make_step = _train_step_fn if mode == 'train' else _infer_step_fn
   step, carry = make_step(model, resolution, init_rng)
@@ -196,8 +198,7 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
   return {
       'model': name, 'alpha': alpha, 'resolution': resolution,
       'batch_size': batch_size, 'dtype': dtype, 'mode': mode,
-      'depthwise_impl': depthwise_impl,
-      'depthwise_impl_resolved': depthwise.resolve(depthwise_impl),
+      'ops': ops, 'ops_resolved': model.ops,
       'steps': steps, 'warmup': warmup,
       'backend': jax.default_backend(),
       'device_kind': jax.local_devices()[0].device_kind,
@@ -219,7 +220,7 @@ def benchmark_data(dataset: str = 'shapes', *, data_dir: str | None = None,
   """Times `steps` batches of the training input pipeline (after `warmup`
   more and the first one, which builds it)."""
   _check_counts(steps, warmup, batch_size)
-  data_config = data.default_config()
+  data_config = imagenet_mobilenet_v2.get_config().data
   data_config.dataset = dataset
   data_config.data_dir = data_dir
   data_config.train_split = split
@@ -256,8 +257,8 @@ def _print_timing(result):
 def _print_model(result):
   print(f"{result['model']} alpha {result['alpha']} {result['resolution']}px "
         f"batch {result['batch_size']} {result['dtype']} {result['mode']}, "
-        f"depthwise {result['depthwise_impl']} "
-        f"({result['depthwise_impl_resolved']}) on {result['device_kind']}")
+        f"ops {result['ops']} ({result['ops_resolved']}) on "
+        f"{result['device_kind']}")
   _print_timing(result)
   print(f"  compile {result['compile_s']:.1f} s; peak memory "
         f"{result['peak_mem_mb']:.0f} MB ({result['peak_mem_source']})")
@@ -281,9 +282,8 @@ def define_flags() -> None:
   flags.DEFINE_enum('dtype', 'float32', DTYPES, 'Compute dtype.')
   flags.DEFINE_enum('mode', 'train', MODES,
                     'train: a full train step; infer: a forward pass.')
-  flags.DEFINE_enum(
-      'depthwise_impl', 'auto', sorted(depthwise.IMPLEMENTATIONS),
-      'Depthwise convolution implementation (see mobilenet_jax.depthwise).')
+  flags.DEFINE_enum('ops', 'auto', ops_lib.NAMES,
+                    'Op set computing the layers (see mobilenet_jax.ops).')
   flags.DEFINE_integer('steps', 10, 'Timed steps (>= 5).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
   flags.DEFINE_integer('seed', 0, 'Seed of parameters and inputs.')
@@ -316,7 +316,7 @@ def main(argv):
       result = benchmark_model(
           FLAGS.model, alpha=FLAGS.alpha, resolution=FLAGS.resolution,
           batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, mode=FLAGS.mode,
-          depthwise_impl=FLAGS.depthwise_impl, steps=FLAGS.steps,
+          ops=FLAGS.ops, steps=FLAGS.steps,
           warmup=FLAGS.warmup, seed=FLAGS.seed, trace_dir=FLAGS.trace_dir)
   if FLAGS.json:
     json.dump(result, sys.stdout)

@@ -1,12 +1,17 @@
 """The MobileNet blocks: V1's depthwise-separable pair and V2/V3's inverted
-residual. (V1's table 4 baseline uses plain `ConvBN` layers in their place.)"""
+residual. (V1's table 4 baseline uses plain `ConvBN` layers in their place.)
+
+Each block receives an `ops.OpSet` and builds its layers through it; with
+`ops.OP_SETS['reference']` every layer is `layers.ConvBN` (plain Flax) or
+`layers.SqueezeExcite`.
+"""
 
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mobilenet_jax.layers import ConvBN, SqueezeExcite
+from mobilenet_jax import ops as ops_lib
 
 
 class DepthwiseSeparable(nn.Module):
@@ -14,7 +19,7 @@ class DepthwiseSeparable(nn.Module):
   features: int
   strides: int = 1
   activation: str = 'relu6'
-  depthwise_impl: str = 'grouped'
+  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
@@ -22,11 +27,11 @@ class DepthwiseSeparable(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype, activation=self.activation)
-    x = ConvBN(x.shape[-1], 3, self.strides, depthwise=True,
-               depthwise_impl=self.depthwise_impl, name='depthwise', **bn)(
-                   x, train)
-    return ConvBN(self.features, 1, name='pointwise', **bn)(x, train)
+              dtype=self.dtype)
+    x = self.ops.conv_bn(x.shape[-1], 3, self.strides, self.activation,
+                         depthwise=True, name='depthwise', **bn)(x, train)
+    return self.ops.conv_bn(self.features, 1, 1, self.activation,
+                            name='pointwise', **bn)(x, train)
 
 
 class InvertedResidual(nn.Module):
@@ -42,7 +47,7 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   activation: str = 'relu6'
   se_features: int | None = None
-  depthwise_impl: str = 'grouped'
+  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
@@ -53,15 +58,16 @@ class InvertedResidual(nn.Module):
               dtype=self.dtype)
     shortcut = x
     if self.expanded != x.shape[-1]:
-      x = ConvBN(self.expanded, 1, activation=self.activation, name='expand',
-                 **bn)(x, train)
-    x = ConvBN(self.expanded, self.kernel_size, self.strides, self.activation,
-               depthwise=True, depthwise_impl=self.depthwise_impl,
-               name='depthwise', **bn)(x, train)
+      x = self.ops.conv_bn(self.expanded, 1, 1, self.activation,
+                           name='expand', **bn)(x, train)
+    x = self.ops.conv_bn(self.expanded, self.kernel_size, self.strides,
+                         self.activation, depthwise=True, name='depthwise',
+                         **bn)(x, train)
     if self.se_features:
-      x = SqueezeExcite(self.se_features, dtype=self.dtype, name='se')(x)
-    x = ConvBN(self.features, 1, activation='identity', name='project',
-               **bn)(x, train)
+      x = self.ops.squeeze_excite(self.se_features, dtype=self.dtype,
+                                  name='se')(x)
+    x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
+                         **bn)(x, train)
     if self.strides == 1 and shortcut.shape[-1] == self.features:
       x = x + shortcut
     return x

@@ -1,9 +1,9 @@
-"""Workdir layout and orbax checkpoints: resume, preemption, transfer.
+"""Workdir layout and orbax checkpoints: resume, preemption.
 
   WORKDIR/config.json        the resolved config (evaluation and resume need
                              nothing but --workdir)
   WORKDIR/checkpoints/<step> orbax checkpoints of the whole TrainState
-  WORKDIR/eval/step_<N>.json evaluation results (see evaluate.py)
+  WORKDIR/eval/step_<N>.json evaluation results (see evaluation.py)
   WORKDIR/metrics.jsonl      training metrics, one JSON object per log step
 """
 
@@ -17,6 +17,7 @@ from etils import epath
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
+EVAL_SUBDIR = 'eval'
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -90,20 +91,6 @@ def checkpoint_path(workdir: str, step: int) -> str:
   return os.fspath(checkpoint_dir(workdir) / str(step))
 
 
-def load_pretrained(init_from: str) -> dict:
-  """{'params', 'batch_stats'} from a converted Keras model (convert.py's
-  output folder) or a training workdir (its latest checkpoint)."""
-  # Imported here: it imports Keras, which training needs only for this.
-  from mobilenet_jax import convert  # pylint: disable=g-import-not-at-top
-  path = epath.Path(init_from)
-  if (path / convert.MODEL_FILE).exists():
-    _, variables = convert.load_converted(init_from)
-    return variables
-  manager = create_manager(init_from, read_only=True)
-  step = manager.latest_step()
-  if step is None:
-    raise ValueError(f'init_from must be a converted model or a workdir with '
-                     f'checkpoints; found neither at {init_from!r}')
-  restored = manager.restore(step, args=ocp.args.StandardRestore())
-  return {'params': restored['params'],
-          'batch_stats': restored['batch_stats']}
+def eval_result_path(workdir: str, step: int) -> epath.Path:
+  """WORKDIR/eval/step_<step>.json: the evaluation result of `step`."""
+  return epath.Path(workdir) / EVAL_SUBDIR / f'step_{step}.json'

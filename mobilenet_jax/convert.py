@@ -6,51 +6,45 @@ V1 -> mobilenet_v1, V2 -> mobilenet_v2, V3 -> mobilenet_v3_large/small and
 V3 with `minimalistic=True` -> mobilenet_v3_*_minimal. V3 must be built with
 `include_preprocessing=False`: our models take images already scaled.
 
-Both networks are listed as their weighted layers in call order (ours: every
-nn.Conv, nn.Dense, layers.DepthwiseConv and batch_norm.BatchNorm; Keras': every
+Both networks are listed as their weighted layers in call order (ours, with
+the `reference` op set: every nn.Conv, nn.Dense and nn.BatchNorm; Keras': every
 Conv2D, DepthwiseConv2D, BatchNormalization and Dense) and zipped, checking
 kinds and shapes; the first layer that does not line up is a ValueError.
 Layouts: Keras' depthwise kernel (k, k, C, 1) is our (k, k, 1, C); its 1x1
 Conv2D head/classifier (1, 1, in, out) is our nn.Dense (in, out); BatchNorm
 gamma/beta/moving_mean/moving_variance are scale/bias/mean/var.
 
-Command line (writes an orbax checkpoint that `load_converted` reads back):
+Command line (writes a converted-model folder, `mobilenet_jax.pretrained`'s
+format, which `init_from` and `pretrained.load_converted` read):
 
   python -m mobilenet_jax.convert --keras_model=m.keras \
       --model=mobilenet_v2 --alpha=1.0 --output=DIR
 """
 
-import json
 import sys
 
 from absl import app
 from absl import flags
 import flax.linen as nn
 from flax import traverse_util
-import jax
 import jax.numpy as jnp
 import keras
-import orbax.checkpoint as ocp
 
-from mobilenet_jax import batch_norm
 from mobilenet_jax import checkpoint
-from mobilenet_jax import layers
 from mobilenet_jax import models
-
-# What `convert_file` writes into its output folder.
-MODEL_FILE = 'model.json'
-VARIABLES_DIR = 'variables'
-
-# Our weighted modules and their kinds (nn.Dense is no nn.Conv subclass).
-_OUR_KINDS = ((batch_norm.BatchNorm, 'batch_norm'),
-              (layers.DepthwiseConv, 'depthwise'), (nn.Dense, 'dense'),
-              (nn.Conv, 'conv'))
+from mobilenet_jax import pretrained
 
 
-def abstract_variables(model: nn.Module) -> dict:
-  """Shapes and dtypes of `model`'s variables (no computation)."""
-  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), images)
+def _our_kind(module: nn.Module) -> str | None:
+  """A weighted module's kind, as `_keras_layers` names Keras' (None for
+  others; nn.Dense is no nn.Conv subclass)."""
+  if isinstance(module, nn.BatchNorm):
+    return 'batch_norm'
+  if isinstance(module, nn.Dense):
+    return 'dense'
+  if isinstance(module, nn.Conv):
+    return 'depthwise' if module.feature_group_count > 1 else 'conv'
+  return None
 
 
 def _our_layers(model: nn.Module):
@@ -59,15 +53,13 @@ def _our_layers(model: nn.Module):
   calls = []
 
   def record(next_fun, args, kwargs, context):
-    if context.method_name == '__call__':
-      for cls, kind in _OUR_KINDS:
-        if isinstance(context.module, cls):
-          calls.append((context.module.path, kind))
-          break
+    kind = _our_kind(context.module)
+    if context.method_name == '__call__' and kind:
+      calls.append((context.module.path, kind))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    abstract = abstract_variables(model)
+    abstract = pretrained.abstract_variables(model.clone(ops='reference'))
   return calls, abstract
 
 
@@ -180,10 +172,8 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
 
 def convert_file(keras_path: str, name: str, output: str,
                  alpha: float = 1.0) -> None:
-  """Converts a saved `.keras` model and writes `output`/{variables,model.json}.
-
-  `output` must not exist or be empty; `load_converted(output)` reads it back.
-  """
+  """Converts a saved `.keras` model into the converted-model folder
+  `output` (`mobilenet_jax.pretrained`), which must not exist or be empty."""
   if name not in models.REGISTRY:
     raise ValueError(
         f'model must be one of {sorted(models.REGISTRY)}, got {name!r}')
@@ -193,30 +183,9 @@ def convert_file(keras_path: str, name: str, output: str,
                      'overwrite it')
   model, variables = from_keras(keras.models.load_model(keras_path), name,
                                 alpha=alpha)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(output / VARIABLES_DIR, variables)
-  # Written last: its presence marks a complete conversion.
-  (output / MODEL_FILE).write_text(json.dumps(
-      {'model': name, 'alpha': alpha, 'num_classes': model.num_classes,
-       'source': str(checkpoint.absolute_path(keras_path))}, indent=2))
-
-
-def load_converted(directory: str):
-  """Reads a `convert_file` output back.
-
-  Returns:
-    (model_kwargs, variables): `models.create_model(**model_kwargs)` builds
-    the model ({'name', 'alpha', 'num_classes'}); variables are
-    {'params': ..., 'batch_stats': ...}.
-  """
-  directory = checkpoint.absolute_path(directory)
-  meta = json.loads((directory / MODEL_FILE).read_text())
-  model_kwargs = {'name': meta['model'], 'alpha': meta['alpha'],
-                  'num_classes': meta['num_classes']}
-  abstract = abstract_variables(models.create_model(**model_kwargs))
-  with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(directory / VARIABLES_DIR, abstract)
-  return model_kwargs, variables
+  pretrained.save_converted(
+      output, variables, name=name, alpha=alpha, num_classes=model.num_classes,
+      source=str(checkpoint.absolute_path(keras_path)))
 
 
 def main(argv):
@@ -230,8 +199,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # Defined here, not at import, so that importing this library (e.g. for
-  # `load_converted` in training) adds no global flags.
+  # Defined here, not at import, so that importing this module (e.g. for
+  # `from_keras`) adds no global flags.
   flags.DEFINE_string('keras_model', None, 'A saved Keras model (.keras).',
                       required=True)
   flags.DEFINE_string('model', None, 'Our registry name, e.g. mobilenet_v2.',

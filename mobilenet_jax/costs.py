@@ -2,9 +2,10 @@
 
 `profile_model` runs `model.init` under `jax.eval_shape` (shapes only, nothing
 is compiled or computed, so full-size models at 224 cost about a second) and
-intercepts every `nn.Conv`, `nn.Dense` and `DepthwiseConv` call to record its
-input and output shapes. MACs follow the V1 paper's cost model (section 3.1,
-equations 1-5): a k x k convolution with `groups` groups costs
+intercepts every `nn.Conv` and `nn.Dense` call to record its input and output
+shapes (a MobileNet is profiled with the `reference` op set, whose layers
+are these; the `cpu` set has the same variables and arithmetic). MACs follow
+the V1 paper's cost model (section 3.1, equations 1-5): a k x k convolution with `groups` groups costs
 out_h * out_w * out_c * k * k * in_c / groups, a dense layer in * out. Only
 convolutions and dense layers count (squeeze-and-excite's two 1x1 convs
 included); biases, BatchNorm, activations, pooling, the SE gate's rescale and
@@ -24,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mobilenet_jax import models
 from mobilenet_jax.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenet_jax.layers import DepthwiseConv
 
 PADDINGS = ('SAME', 'VALID')
 
@@ -141,7 +142,7 @@ class _Call:
   block: tuple[str, ...] | None  # path of the enclosing MobileNet block
 
 
-_COMPUTE = (nn.Conv, nn.Dense, DepthwiseConv)
+_COMPUTE = (nn.Conv, nn.Dense)
 _BLOCKS = (DepthwiseSeparable, InvertedResidual)
 
 
@@ -185,12 +186,10 @@ def _sizes(tree) -> dict[tuple[str, ...], int]:
 
 def _compute_layer(call: _Call, params: int, batch_stats: int) -> Layer:
   module = call.module
-  if isinstance(module, DepthwiseConv):
-    kind, kernel = 'depthwise', (module.kernel_size, module.kernel_size)
-    groups = call.input_shape[-1]
-  elif isinstance(module, nn.Conv):
-    kind, kernel = 'conv', tuple(module.kernel_size)
+  if isinstance(module, nn.Conv):
     groups = module.feature_group_count
+    kind = 'depthwise' if 1 < groups == call.input_shape[-1] else 'conv'
+    kernel = tuple(module.kernel_size)
   else:
     kind, kernel, groups = 'dense', (1, 1), 1
   macs = (math.prod(call.output_shape) * kernel[0] * kernel[1]
@@ -230,6 +229,8 @@ def profile_model(model: nn.Module, resolution: int = 224) -> Profile:
   """
   if not (isinstance(resolution, int) and resolution > 0):
     raise ValueError(f'resolution must be a positive int, got {resolution!r}')
+  if isinstance(model, models.MobileNet):
+    model = model.clone(ops='reference')
   calls, variables = _trace(model, resolution)
   params = _sizes(variables.get('params', {}))
   stats = _sizes(variables.get('batch_stats', {}))

@@ -13,10 +13,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import specs
 from mobilenet_jax.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenet_jax.depthwise import IMPLEMENTATIONS as DEPTHWISE_IMPLS
-from mobilenet_jax.layers import ACTIVATIONS, ConvBN, make_divisible
+from mobilenet_jax.layers import ACTIVATIONS, make_divisible
 
 MIN_RESOLUTION = 32
 FEATURE_STRIDES = (4, 8, 16, 32)
@@ -123,6 +123,7 @@ class MobileNet(nn.Module):
   Returns logits (float32), or with `include_top=False` the pooled features,
   or with `features_only=True` a dict {stride: feature map} for strides 4, 8,
   16 and 32 (the last map at each stride; a detection/segmentation backbone).
+  `ops` names the op set that computes the layers (`mobilenet_jax.ops`).
   """
   plan: tuple
   head: specs.Head
@@ -131,7 +132,7 @@ class MobileNet(nn.Module):
   dropout_rate: float = 0.2
   include_top: bool = True
   features_only: bool = False
-  depthwise_impl: str = 'grouped'
+  ops: str = 'reference'
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
@@ -143,6 +144,7 @@ class MobileNet(nn.Module):
     if min(images.shape[1:3]) < MIN_RESOLUTION:
       raise ValueError(f'resolution must be >= {MIN_RESOLUTION}, got '
                        f'{images.shape[1]}x{images.shape[2]}')
+    op_set = ops_lib.get(self.ops)
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
               dtype=self.dtype)
     x = images.astype(self.dtype)
@@ -150,13 +152,13 @@ class MobileNet(nn.Module):
     for layer in self.plan:
       args = dict(layer.args)
       if layer.kind == 'conv':
-        x = ConvBN(name=layer.name, **args, **bn)(x, train)
+        x = op_set.conv_bn(name=layer.name, **args, **bn)(x, train)
       elif layer.kind == 'separable':
-        x = DepthwiseSeparable(depthwise_impl=self.depthwise_impl,
-                               name=layer.name, **args, **bn)(x, train)
+        x = DepthwiseSeparable(ops=op_set, name=layer.name, **args, **bn)(
+            x, train)
       else:
-        x = InvertedResidual(depthwise_impl=self.depthwise_impl,
-                             name=layer.name, **args, **bn)(x, train)
+        x = InvertedResidual(ops=op_set, name=layer.name, **args, **bn)(
+            x, train)
       stride *= layer.stride
       if stride in FEATURE_STRIDES:
         features[stride] = x
@@ -181,13 +183,13 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
                  dtype: Any = jnp.float32, bn_momentum: float | None = None,
                  bn_epsilon: float = 1e-3, include_top: bool = True,
                  features_only: bool = False,
-                 depthwise_impl: str = 'grouped') -> MobileNet:
+                 ops: str = 'auto') -> MobileNet:
   """Builds a registry model, Keras-Applications style: every knob a keyword.
 
   Args:
     name: one of `REGISTRY`.
     num_classes: classifier width.
-    alpha: width multiplier (> 0); see DESIGN.md for each family's rounding.
+    alpha: width multiplier (> 0); see docs/design.md for each family's rounding.
     expansion: the expansion factor t (V2: replaces t = 6; V3: scales every
       expansion size); None keeps the paper's. V1 has none.
     dropout_rate: dropout before the classifier.
@@ -198,7 +200,10 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
     bn_epsilon: BatchNorm epsilon.
     include_top: False returns pooled features instead of logits.
     features_only: return {stride: feature map} for strides 4, 8, 16, 32.
-    depthwise_impl: implementation of every depthwise convolution.
+    ops: the op set that computes the layers: 'reference' (plain Flax),
+      'cpu' (XLA:CPU kernels, the same variables and values) or 'auto'
+      (resolved here: 'cpu' on the CPU backend, else 'reference'); see
+      `mobilenet_jax.ops`.
   """
   if name not in REGISTRY:
     raise ValueError(
@@ -212,9 +217,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
   num_classes = int(num_classes)
   if not 0 <= dropout_rate < 1:
     raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
-  if depthwise_impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'depthwise_impl must be one of {sorted(DEPTHWISE_IMPLS)},'
-                     f' got {depthwise_impl!r}')
+  ops = ops_lib.resolve(ops)
   try:
     compute_dtype = jnp.dtype(dtype)
   except TypeError:  # not a dtype at all, e.g. 'bf16'
@@ -226,7 +229,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       plan=plan_layers(arch, alpha, expansion), head=arch.head, alpha=alpha,
       num_classes=num_classes, dropout_rate=dropout_rate,
       include_top=include_top, features_only=features_only,
-      depthwise_impl=depthwise_impl,
+      ops=ops,
       bn_momentum=arch.bn_momentum if bn_momentum is None else bn_momentum,
       bn_epsilon=bn_epsilon, dtype=compute_dtype)
 

@@ -1,78 +1,52 @@
 """Optimizers, learning-rate schedules, weight-decay masks, EMA and the loss.
 
-Everything is driven by the `optim` ConfigDict; start from
-`default_optim_config()` and override. Fields (default in brackets):
+Everything is driven by the `optim` ConfigDict; configs/default.py sets every
+field. Fields:
 
-  name             ['rmsprop_tf'] 'sgd' | 'rmsprop_tf' | 'adamw'.
-  learning_rate    [0.016] peak learning rate for the GLOBAL batch (the config
-                   file applies any batch-size scaling rule; 0.016 is the
-                   recipe's value for a global batch of 256).
-  schedule         ['exponential'] 'cosine' | 'exponential' | 'constant'.
-  warmup_steps     [0] linear warm-up from 0 to `learning_rate` (in steps).
-  weight_decay     [1e-5] sgd / rmsprop_tf: coupled L2, grad += wd * param
+  name             'sgd' | 'rmsprop_tf' | 'adamw'.
+  learning_rate    peak learning rate for the GLOBAL batch (the config file
+                   applies any batch-size scaling rule).
+  schedule         'cosine' | 'exponential' | 'constant'.
+  warmup_steps     linear warm-up from 0 to `learning_rate` (in steps).
+  weight_decay     sgd / rmsprop_tf: coupled L2, grad += wd * param
                    (TF recipes' `wd * sum(tf.nn.l2_loss(w))`; Keras'
                    `regularizers.l2(c)` is wd = 2c). adamw: decoupled,
                    param -= lr * wd * param (optax.adamw).
-  decay_depthwise  [False] also decay depthwise kernels (see
-                   `weight_decay_mask`); BN scale/bias and biases never.
-  label_smoothing  [0.1] in [0, 1).
-  ema_decay        [0.9999] EMA of params and batch_stats, in [0, 1);
-                   0 disables (the training loop applies `ema_update` with
-                   the warmed-up `ema_decay_at(step, ema_decay)`).
-  momentum         [0.9] sgd momentum / rmsprop_tf momentum; 0 disables.
-  nesterov         [True] Nesterov momentum (sgd only).
-  decay_rate       [0.97] exponential: lr * decay_rate ** floor(step / n) ...
-  decay_epochs     [2.4] ... with n = int(decay_epochs * steps_per_epoch).
-  rmsprop_decay    [0.9] rmsprop_tf: decay of the squared-gradient average.
-  rmsprop_epsilon  [0.002] rmsprop_tf: epsilon inside the square root (TF
-                   Model Garden's MobileNet recipes; the MnasNet/EfficientNet
-                   TPU recipes use 0.001).
-  adam_b1          [0.9] adamw first-moment decay.
-  adam_b2          [0.999] adamw second-moment decay.
-  adam_epsilon     [1e-8] adamw epsilon.
-  grad_clip_norm   [0.0] clip the loss gradient to this global norm; 0 or
-                   None disables.
-
-The defaults follow the TensorFlow TPU recipes for mobile ImageNet models:
-MobileNetV3 paper section 6.1 (TF RMSProp with momentum 0.9, l2 weight decay
-1e-5, EMA 0.9999) and the MnasNet / EfficientNet TPU code it comes from
-(RMSProp decay 0.9, lr 0.016 per 256 images decayed by 0.97 every 2.4 epochs,
-label smoothing 0.1).
+  decay_depthwise  also decay depthwise kernels (see `weight_decay_mask`);
+                   BN scale/bias and biases never.
+  label_smoothing  in [0, 1).
+  ema_decay        EMA of params and batch_stats, in [0, 1); 0 disables (the
+                   training loop applies `ema_update` with the warmed-up
+                   `ema_decay_at(step, ema_decay)`).
+  momentum         sgd momentum / rmsprop_tf momentum; 0 disables.
+  nesterov         Nesterov momentum (sgd only).
+  decay_rate       exponential: lr * decay_rate ** floor(step / n) ...
+  decay_epochs     ... with n = int(decay_epochs * steps_per_epoch).
+  rmsprop_decay    rmsprop_tf: decay of the squared-gradient average.
+  rmsprop_epsilon  rmsprop_tf: epsilon inside the square root (TF Model
+                   Garden's MobileNet recipes: 0.002; the MnasNet/EfficientNet
+                   TPU recipes: 0.001).
+  adam_b1          adamw first-moment decay.
+  adam_b2          adamw second-moment decay.
+  adam_epsilon     adamw epsilon.
+  grad_clip_norm   clip the loss gradient to this global norm; 0 or None
+                   disables.
 """
 
 import numbers
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 OPTIMIZERS = ('adamw', 'rmsprop_tf', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential')
-
-
-def default_optim_config() -> ml_collections.ConfigDict:
-  """Every `optim` field at its default (see the module docstring)."""
-  return ml_collections.ConfigDict(dict(
-      name='rmsprop_tf',
-      learning_rate=0.016,
-      schedule='exponential',
-      warmup_steps=0,
-      weight_decay=1e-5,
-      decay_depthwise=False,
-      label_smoothing=0.1,
-      ema_decay=0.9999,
-      momentum=0.9,
-      nesterov=True,
-      decay_rate=0.97,
-      decay_epochs=2.4,
-      rmsprop_decay=0.9,
-      rmsprop_epsilon=0.002,
-      adam_b1=0.9,
-      adam_b2=0.999,
-      adam_epsilon=1e-8,
-      grad_clip_norm=0.0,
-  ))
+# Every `optim` field (the module docstring documents each).
+FIELDS = ('name', 'learning_rate', 'schedule', 'warmup_steps', 'weight_decay',
+          'decay_depthwise', 'label_smoothing', 'ema_decay', 'momentum',
+          'nesterov', 'decay_rate', 'decay_epochs', 'rmsprop_decay',
+          'rmsprop_epsilon', 'adam_b1', 'adam_b2', 'adam_epsilon',
+          'grad_clip_norm')
 
 
 def _is_int(value) -> bool:
@@ -85,8 +59,12 @@ def _check_unit_interval(name: str, value) -> None:
 
 
 def check_optim_config(optim_config) -> None:
-  """Raises ValueError naming the first invalid `optim` field."""
+  """Raises ValueError naming the first missing or invalid `optim` field."""
   c = optim_config
+  for field in FIELDS:
+    if field not in c:
+      raise ValueError(f'optim.{field} is not set (configs/default.py lists '
+                       'every optim field)')
   if c.name not in OPTIMIZERS:
     raise ValueError(
         f'optim.name must be one of {list(OPTIMIZERS)}, got {c.name!r}')
@@ -168,7 +146,8 @@ def _is_kernel(path, leaf) -> bool:
 
 
 def _is_depthwise_kernel(path, leaf) -> bool:
-  """A (k, k, 1, C) kernel: `layers.DepthwiseConv`'s grouped-conv shape.
+  """A (k, k, 1, C) kernel: a depthwise convolution's (`nn.Conv` with
+  `feature_group_count` = C).
 
   A full convolution with one input channel (a grayscale stem) has the same
   shape and is treated as depthwise too.

@@ -68,7 +68,7 @@ def model_from_config(model_config: ml_collections.ConfigDict,
       dropout_rate=model_config.dropout_rate,
       dtype=model_config.dtype,
       bn_momentum=model_config.get('bn_momentum'),
-      depthwise_impl=model_config.get('depthwise_impl', 'grouped'))
+      ops=model_config.get('ops', 'auto'))
 
 
 def init_variables(model: nn.Module, rng: jax.Array, resolution: int):

@@ -21,10 +21,11 @@ import optax
 
 from mobilenet_jax import checkpoint
 from mobilenet_jax import data
-from mobilenet_jax import evaluate
+from mobilenet_jax import evaluation
 from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import parallel
+from mobilenet_jax import pretrained
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import writers
 from mobilenet_jax import xla_options
@@ -77,9 +78,11 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, tx,
 def resolve_config(config: ml_collections.ConfigDict,
                    info: data.DatasetInfo) -> ml_collections.ConfigDict:
   """Checks the config and fills in what follows from it and the data:
-  `steps_per_epoch`, `num_train_steps` (from `num_epochs` if not set) and
-  `eval_batch_size` (the batch size if not set). Fails before compiling."""
+  `num_classes` (the dataset's), `steps_per_epoch`, `num_train_steps` (from
+  `num_epochs` if not set) and `eval_batch_size` (the batch size if not set).
+  Fails before compiling."""
   config = ml_collections.ConfigDict(config.to_dict())
+  config.num_classes = info.num_classes
   parallel.check_batch_size(config.batch_size, 'batch_size')
   if not config.get('eval_batch_size'):
     config.eval_batch_size = config.batch_size
@@ -199,8 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   pending, window_start, window_steps = [], time.perf_counter(), 0
 
   def run_eval(step):
-    variables = evaluate.evaluation_variables(state, use_ema)
-    metrics = evaluate.evaluate_dataset(
+    variables = evaluation.evaluation_variables(state, use_ema)
+    metrics = evaluation.evaluate_dataset(
         model, variables, config.data, global_batch_size=config.eval_batch_size,
         resolution=resolution, num_classes=info.num_classes, mesh=mesh)
     writer.write(step, metrics, prefix='eval')
@@ -238,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     manager.wait_until_finished()
     result = {'step': total, **run_eval(total), 'ema': use_ema,
               'checkpoint': checkpoint.checkpoint_path(workdir, total)}
-    path = evaluate.write_result(workdir, result)
+    path = evaluation.write_result(workdir, result)
     logging.info('Final evaluation written to %s', path)
     return result
   finally:
@@ -261,7 +264,7 @@ def _initial_state(config, model, rng, resolution, mesh, use_ema, params):
     init_rng = jax.random.split(rng)[0]  # as create_train_state's own init
     fresh = jax.jit(state_lib.init_variables, static_argnums=(0, 2))(
         model, init_rng, resolution)
-    variables = _transfer(checkpoint.load_pretrained(config.init_from),
+    variables = _transfer(pretrained.load_pretrained(config.init_from),
                           fresh)
   create = jax.jit(
       lambda rng, v: state_lib.create_train_state(

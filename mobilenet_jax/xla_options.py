@@ -5,21 +5,14 @@ contraction into fused multiply-adds and no-signed-zeros, and nothing else
 of fast math: NaNs, infinities, division and math functions stay exact
 (`xla_cpu_fast_math_honor_*`), so a diverging run still shows NaN losses.
 Results move by rounding only (the order of additions in a fused loop).
-
-Why: XLA:CPU's backward pass of the shifted depthwise convolution, fused
-with the preceding ReLU6's mask, ran 5x slower with strict IEEE semantics
-(46 ms against 8-9 at 32x56x56x144, float32): the same fusion without the
-mask took 7 ms either way. The MobileNetV2 1.0 / 224 px / batch 32 train
-step went from a median of 1368 ms to 1200 (10 interleaved steps each, one
-process, 2026-12-03; README, "Speed"); the inference step did not change.
+Why: with strict IEEE semantics XLA:CPU ran the backward pass of the `cpu`
+op set's shifted depthwise convolution, fused with the preceding ReLU6's
+mask, several times slower.
 
 LLVM optimises the steps' kernels at -O1 (`xla_backend_optimization_level`,
-default 2): the V2 and V3-Large train steps compiled about 1.2 s sooner
-(V2: 11.6 -> 10.4 s, V3-Large: 13.8 -> 12.7 s, two compilations each in
-fresh processes) and ran as fast (paired step-time ratios 1.005 and 1.016
-for V2 and V3-Large training, 0.987 for V2 inference, 14-30 interleaved
-steps; 2026-12-03): the dots run in YNNPACK, and the fused elementwise
-kernels are bound by memory, not by LLVM's heavier passes.
+default 2): the steps compile sooner and run as fast, since the dots run in
+a library and the fused elementwise kernels are bound by memory.
+docs/performance.md has the measurements.
 
 Other backends get no options: these are XLA:CPU's.
 """

@@ -1,11 +1,62 @@
-"""Test-wide settings: a persistent XLA compilation cache, so the many tiny
-runs that build the same models (in this process and in subprocesses)
-compile each program once."""
+"""Test-wide settings and the helpers several test files share.
+
+- A persistent XLA compilation cache, so the many tiny runs that build the
+  same models (in this process and in subprocesses) compile each program
+  once.
+- `REPO` and `run_module`: run a command (`python -m MODULE ...`) from the
+  repository root on the CPU backend, as a user would.
+- The `data_dir` fixture: a tfds data directory with the tiny `shapes`
+  dataset prepared, shared by the whole session.
+
+Markers (registered in pyproject.toml): `slow` for tests that take more than
+about 15 s here, `multiprocess` for tests that start several processes (two
+jax.distributed processes, subprocesses on fake devices). `make test-fast`
+leaves both out; `make test` runs everything.
+
+Test files import the helpers with `from conftest import ...` (pytest puts
+tests/ on sys.path).
+"""
 
 import os
+import subprocess
+import sys
 import tempfile
+
+import pytest
 
 os.environ.setdefault(
     'JAX_COMPILATION_CACHE_DIR',
     os.path.join(tempfile.gettempdir(), 'mobilenet_jax_test_xla_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_DATASET = 'shapes/tiny'  # 32x32 images, 200 train / 75 test
+
+
+def run_module(module, *args, env=None, cwd=REPO, timeout=600):
+  """`python -m module *args` in `cwd` (default: the repository root) with
+  JAX on the CPU backend; `env` (default: this process's environment) gets
+  JAX_PLATFORMS=cpu added.
+
+  Returns the `subprocess.CompletedProcess` (stdout and stderr as text),
+  whatever the exit status: the caller asserts on it.
+  """
+  env = {**(os.environ if env is None else env), 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd,
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A tfds data_dir with TINY_DATASET prepared, for the whole session.
+
+  Treat it as read-only; a test that needs an unprepared directory (say, to
+  see who prepares it) uses its own tmp_path.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Registers the `shapes` builder.
+  from mobilenet_jax import data  # pylint: disable=g-import-not-at-top,unused-import
+  path = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder(TINY_DATASET, data_dir=path).download_and_prepare()
+  return path

@@ -1,21 +1,18 @@
 """The benchmark command: one JSON object whose numbers agree with each other."""
 
 import json
-import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from conftest import run_module
 
 
+@pytest.mark.slow
 def test_bench_json_is_one_consistent_object():
-  command = [sys.executable, '-m', 'mobilenet_jax.bench',
-             '--model=mobilenet_v3_small', '--alpha=0.35', '--resolution=32',
-             '--batch_size=2', '--mode=infer', '--depthwise_impl=shifted',
-             '--steps=5', '--warmup=1', '--json']
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-                          timeout=600)
+  result = run_module('mobilenet_jax.bench',
+                      '--model=mobilenet_v3_small', '--alpha=0.35',
+                      '--resolution=32', '--batch_size=2', '--mode=infer',
+                      '--ops=cpu', '--steps=5', '--warmup=1', '--json')
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout)  # exactly one object, nothing else
   for key in ('img_per_sec', 'step_ms_median', 'compile_s', 'peak_mem_mb'):
@@ -26,9 +23,6 @@ def test_bench_json_is_one_consistent_object():
 
 
 def test_bench_rejects_an_unknown_model():
-  result = subprocess.run(
-      [sys.executable, '-m', 'mobilenet_jax.bench', '--model=resnet50',
-       '--json'], cwd=REPO, capture_output=True, text=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=600)
+  result = run_module('mobilenet_jax.bench', '--model=resnet50', '--json')
   assert result.returncode != 0
   assert 'model name must be one of' in result.stderr

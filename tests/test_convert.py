@@ -13,6 +13,7 @@ import pytest
 
 from mobilenet_jax import convert
 from mobilenet_jax import models
+from mobilenet_jax import pretrained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESOLUTION = 64  # even: Keras V1 pads stride-2 convs (0, 1), as 'SAME' does
@@ -143,7 +144,7 @@ def test_cli_round_trip(saved_keras, tmp_path):
   result = run_cli(f'--keras_model={saved_keras}', '--model=mobilenet_v1',
                    '--alpha=0.5', f'--output={output}')
   assert result.returncode == 0, result.stderr
-  model_kwargs, variables = convert.load_converted(str(output))
+  model_kwargs, variables = pretrained.load_converted(str(output))
   assert model_kwargs == {'name': 'mobilenet_v1', 'alpha': 0.5,
                           'num_classes': CLASSES}
   model = models.create_model(**model_kwargs)

@@ -1,11 +1,8 @@
-"""Cost accounting against the papers' published figures (DESIGN.md)."""
+"""Cost accounting against the papers' published figures (docs/design.md)."""
 
 import functools
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +11,7 @@ import pytest
 from mobilenet_jax import costs
 from mobilenet_jax import models
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
 
 
 @functools.lru_cache(maxsize=None)
@@ -23,7 +20,7 @@ def profile(name, alpha=1.0, resolution=224):
                              resolution)
 
 
-# DESIGN.md: trainable parameters and BN statistics at 1000 classes.
+# docs/design.md: trainable parameters and BN statistics at 1000 classes.
 @pytest.mark.parametrize('name, params, batch_stats', [
     ('mobilenet_v1', 4_231_976, 21_888),
     ('mobilenet_v2', 3_504_872, 34_112),
@@ -190,9 +187,7 @@ def test_format_table_lists_every_layer_and_totals():
 
 
 def run_profile(*flags):
-  return subprocess.run(
-      [sys.executable, '-m', 'mobilenet_jax.profile', *flags], cwd=REPO,
-      capture_output=True, text=True, timeout=120, check=False)
+  return run_module('mobilenet_jax.profile', *flags, timeout=120)
 
 
 def test_cli_json_is_one_object_with_the_totals():

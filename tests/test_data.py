@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from configs import default
 from mobilenet_jax import data
 from mobilenet_jax.data import shapes
 
@@ -24,15 +25,9 @@ IDENTITY_CROP = dict(crop_area_range=(1.0, 1.0),
 MEAN, STD = (0.2, 0.4, 0.6), (0.5, 0.25, 0.125)
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  data.get_dataset_info({'dataset': TINY, 'data_dir': path})  # prepares it
-  return path
-
-
 def make_config(data_dir, **overrides):
-  config = data.default_config()
+  """configs/default.py's data fields on shapes/tiny, with `overrides`."""
+  config = default.get_config().data
   config.dataset = TINY
   config.data_dir = data_dir
   config.update(overrides)
@@ -397,3 +392,7 @@ def test_bad_input_raises_value_errors_naming_the_field(data_dir):
   with pytest.raises(ValueError, match='data.crop_area_range'):
     data.create_train_iterator(make_config(data_dir, crop_area_range=(0.5, 2)),
                                global_batch_size=4, resolution=32, seed=0)
+  missing = make_config(data_dir)
+  del missing['label_key']
+  with pytest.raises(ValueError, match=r'data\.label_key is not set'):
+    data.get_dataset_info(missing)

@@ -2,10 +2,6 @@
 papers' published numbers, our measured columns from sweep rows) and their
 command lines."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from configs.sweeps import v1_width_resolution
@@ -13,9 +9,9 @@ from configs.sweeps import v2_expansion
 from experiments import expansion
 from experiments import separable_vs_standard
 from experiments import width_resolution
-from mobilenet_jax import sweep
+from mobilenet_jax import sweep_summary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
 
 
 def parse(table):
@@ -30,7 +26,7 @@ def test_width_resolution_costs_match_tables_6_and_7():
   runs = [{'model.name': 'mobilenet_v1', 'model.alpha': a, 'data.rho': r}
           for a in v1_width_resolution.ALPHAS
           for r in v1_width_resolution.RHOS if 1.0 in (a, r)]
-  finished = sweep.Row('alpha_0.5-rho_1.0', runs[5], 'finished',
+  finished = sweep_summary.Row('alpha_0.5-rho_1.0', runs[5], 'finished',
                        resolution=64, top1=0.8766, img_per_sec=123.4)
   results = [(run, finished if run == finished.overrides else None)
              for run in runs]
@@ -89,10 +85,7 @@ def test_expansion_costs_grow_linearly_with_t():
 
 
 def _experiment(module, *args):
-  return subprocess.run(
-      [sys.executable, '-m', module, '--dry_run', *args], cwd=REPO,
-      capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  return run_module(module, '--dry_run', *args, timeout=300)
 
 
 def test_experiment_dry_run_adds_its_own_flags_to_every_run(tmp_path):

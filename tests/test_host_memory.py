@@ -11,7 +11,8 @@ import pytest
 from mobilenet_jax import host_memory
 from mobilenet_jax import xla_options
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, run_module
+
 # Mallocs and touches 256 MiB (over glibc's mmap threshold), frees it, does
 # it again, and prints the minor page faults each round cost, with the
 # tunables in use. (Not numpy: it asks for huge pages itself.)
@@ -80,16 +81,52 @@ def test_tunables_to_add_respects_settings_already_there():
       'glibc.malloc.arena_max=2:' + DECLINED)}) == []
 
 
+@pytest.mark.slow
 @needs_restart
 def test_bench_command_runs_with_the_tunables():
-  result = subprocess.run(
-      [sys.executable, '-m', 'mobilenet_jax.bench', '--model=mobilenet_v1',
-       '--alpha=0.25', '--resolution=32', '--batch_size=2', '--mode=infer',
-       '--steps=5', '--warmup=0', '--json'],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**_without_tunables(), 'JAX_PLATFORMS': 'cpu'})
+  result = run_module(
+      'mobilenet_jax.bench', '--model=mobilenet_v1', '--alpha=0.25',
+      '--resolution=32', '--batch_size=2', '--mode=infer', '--steps=5',
+      '--warmup=0', '--json', env=_without_tunables())
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout)
   assert report['glibc_tunables'] == ALL_TUNABLES
   assert report['cpu_async_dispatch'] is False
   assert report['compiler_options'] == xla_options.CPU_OPTIONS
+
+
+@pytest.mark.parametrize('platforms, expected', [
+    ('cpu', True), ('CPU', True), ('cpu,tpu', True), ('tpu', False),
+    ('cuda,cpu', False), ('gpu', False)])
+def test_runs_on_cpu_follows_jax_platforms(platforms, expected):
+  assert host_memory.runs_on_cpu({'JAX_PLATFORMS': platforms}) is expected
+
+
+def test_runs_on_cpu_without_jax_platforms_looks_for_accelerator_modules(
+    monkeypatch):
+  installed = set()
+  monkeypatch.setattr(host_memory.importlib.util, 'find_spec',
+                      lambda name: name if name in installed else None)
+  assert host_memory.runs_on_cpu({})
+  for module in host_memory.ACCELERATOR_MODULES:
+    installed = {module}
+    assert not host_memory.runs_on_cpu({}), module
+
+
+def test_nothing_is_restarted_or_changed_off_the_cpu_backend():
+  """On a TPU or GPU host (here: JAX_PLATFORMS names one; the process never
+  starts a backend) the entry point neither re-executes nor sets JAX's CPU
+  dispatch option."""
+  script = (
+      'import os, sys, jax\n'
+      f'sys.path.insert(0, {REPO!r})\n'
+      'from mobilenet_jax import host_memory\n'
+      'os.execv = lambda *a: sys.exit("re-executed")\n'
+      'host_memory.keep_step_buffers_mapped()\n'
+      "print(jax.config.values['jax_cpu_enable_async_dispatch'], "
+      "os.environ.get('GLIBC_TUNABLES', ''))\n")
+  result = subprocess.run(
+      [sys.executable, '-c', script], capture_output=True, text=True,
+      timeout=120, env={**_without_tunables(), 'JAX_PLATFORMS': 'tpu'})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['True']

@@ -1,6 +1,7 @@
-"""Layers against independent references: numpy convolutions with TF 'SAME'
-padding and their closed-form gradients, the activation and rounding formulas
-of the papers, and squeeze-and-excite written out in numpy."""
+"""Layers of both op sets against independent references: numpy convolutions
+with TF 'SAME' padding and their closed-form gradients, the activation and
+rounding formulas of the papers, and squeeze-and-excite written out in numpy.
+(The cpu kernels' own tests, against the reference layers: test_cpu_*.py.)"""
 
 import flax.linen as nn
 import jax
@@ -9,10 +10,23 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from mobilenet_jax import depthwise
 from mobilenet_jax import layers
+from mobilenet_jax import ops
+from mobilenet_jax.cpu import depthwise
+from mobilenet_jax.cpu import layers as cpu_layers
 
-IMPLS = sorted(depthwise.IMPLEMENTATIONS)
+OPS = sorted(ops.OP_SETS)
+
+
+def _reference_depthwise(x, w, s):
+  """The reference op set's depthwise convolution."""
+  return nn.Conv(x.shape[-1], w.shape[:2], s, padding='SAME',
+                 feature_group_count=x.shape[-1], use_bias=False).apply(
+                     {'params': {'kernel': w}}, x)
+
+
+DEPTHWISE = {'reference': _reference_depthwise,
+             'cpu': depthwise.depthwise_conv}
 
 
 def _same_pads(size, k, s):
@@ -102,14 +116,14 @@ def _forward_and_vjp(impl):
     results = []
     for (_, s, _), x, w, g in zip(CASES, xs, ws, gs):
       y, vjp = jax.vjp(
-          lambda x, w, s=s: depthwise.depthwise_conv(x, w, s, impl), x, w)
+          lambda x, w, s=s: DEPTHWISE[impl](x, w, s), x, w)
       results.append((y, *vjp(g)))
     return results
 
   return run
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', OPS)
 def test_depthwise_and_gradients_match_numpy(impl):
   rng = np.random.default_rng(0)
   xs, ws, gs = [], [], []
@@ -131,30 +145,19 @@ def test_depthwise_and_gradients_match_numpy(impl):
         rtol=1e-5, atol=1e-4, err_msg=case)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', OPS)
 def test_depthwise_check_grads_float64(impl):
   def f(x, w):  # both strides at once
-    return [depthwise.depthwise_conv(x, w, 1, impl),
-            depthwise.depthwise_conv(x, w, 2, impl)]
+    return [DEPTHWISE[impl](x, w, 1), DEPTHWISE[impl](x, w, 2)]
 
   with jax.enable_x64(True):
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(1, 7, 6, 2)))
     w = jnp.asarray(rng.normal(size=(3, 3, 1, 2)))
     assert x.dtype == jnp.float64
-    # JAX has no forward mode for custom_vjp functions.
-    has_custom_vjp = 'custom_vjp' in str(jax.make_jaxpr(f)(x, w))
-    modes = ('rev',) if has_custom_vjp else ('fwd', 'rev')
+    # JAX has no forward mode for custom_vjp functions: the cpu kernel's.
+    modes = ('fwd', 'rev') if impl == 'reference' else ('rev',)
     check_grads(jax.jit(f), (x, w), order=1, modes=modes)
-
-
-def test_depthwise_rejects_unknown_impl():
-  x = np.zeros((1, 8, 8, 3), np.float32)
-  w = np.zeros((3, 3, 1, 3), np.float32)
-  with pytest.raises(ValueError, match='depthwise_impl') as e:
-    depthwise.depthwise_conv(x, w, 1, 'fft')
-  for name in IMPLS:
-    assert name in str(e.value)
 
 
 EPS = 1e-3  # BatchNorm epsilon of the TF references
@@ -178,12 +181,13 @@ def _conv_bn_variables(module, x, seed):
   return variables, kernel
 
 
+@pytest.mark.parametrize('op_set', OPS)
 @pytest.mark.parametrize('strides', [1, 2])
-def test_pointwise_conv_matches_einsum(strides):
+def test_pointwise_conv_matches_einsum(op_set, strides):
   # An even height and an odd width.
   x = np.random.default_rng(4).normal(size=(2, 8, 7, 3)).astype(np.float32)
-  module = layers.ConvBN(features=5, kernel_size=1, strides=strides,
-                         activation='identity')
+  module = ops.OP_SETS[op_set].conv_bn(features=5, kernel_size=1,
+                                       strides=strides, activation='identity')
   variables, kernel = _conv_bn_variables(module, x, 0)
   assert kernel.shape == (1, 1, 3, 5)
   # A 1x1 'SAME' conv of stride s reads pixels 0, s, 2s, ... (no padding).
@@ -196,12 +200,13 @@ def test_pointwise_conv_matches_einsum(strides):
 
 
 # Wider and narrower outputs: the weight gradient's two dot orders.
+@pytest.mark.parametrize('op_set', OPS)
 @pytest.mark.parametrize('features', [4, 2])
-def test_pointwise_gradients_match_closed_form(features):
+def test_pointwise_gradients_match_closed_form(op_set, features):
   rng = np.random.default_rng(5)
   x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
-  module = layers.ConvBN(features=features, kernel_size=1,
-                         activation='identity')
+  module = ops.OP_SETS[op_set].conv_bn(features=features, kernel_size=1,
+                                       activation='identity')
   variables, kernel = _conv_bn_variables(module, x, 1)
   g = rng.normal(size=(2, 5, 5, features)).astype(np.float32)
 
@@ -220,11 +225,12 @@ def test_pointwise_gradients_match_closed_form(features):
                              rtol=1e-5, atol=1e-4)
 
 
-def test_full_conv_stride2_same_padding():
+@pytest.mark.parametrize('op_set', OPS)
+def test_full_conv_stride2_same_padding(op_set):
   # The stems' 3x3 stride-2 conv: TF 'SAME' puts the odd padding after.
   x = np.random.default_rng(6).normal(size=(2, 8, 7, 3)).astype(np.float32)
-  module = layers.ConvBN(features=4, kernel_size=3, strides=2,
-                         activation='identity')
+  module = ops.OP_SETS[op_set].conv_bn(features=4, kernel_size=3, strides=2,
+                                       activation='identity')
   variables, kernel = _conv_bn_variables(module, x, 2)
   assert kernel.shape == (3, 3, 3, 4)
   np.testing.assert_allclose(jax.jit(module.apply)(variables, x),
@@ -232,51 +238,12 @@ def test_full_conv_stride2_same_padding():
                              rtol=1e-5, atol=1e-5)
 
 
-def _lax_conv(x, kernel, strides):
-  return jax.lax.conv_general_dilated(
-      x, kernel, (strides, strides), 'SAME',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-# The stems' case (3 channels, even and odd sizes), a 5x5 kernel, and an
-# input wider than PATCHES_AS_DOT_MAX_CHANNELS (XLA's convolution).
-@pytest.mark.parametrize('shape,kernel_size,strides', [
-    ((2, 8, 7, 3), 3, 2), ((1, 9, 9, 1), 5, 1), ((2, 6, 5, 6), 3, 2)])
-def test_patches_as_dot_matches_lax_conv(shape, kernel_size, strides):
-  rng = np.random.default_rng(7)
-  x = rng.normal(size=shape).astype(np.float32)
-  kernel = rng.normal(size=(kernel_size, kernel_size, shape[-1], 4)).astype(
-      np.float32)
-  ours = lambda x, w: layers.patches_as_dot(x, w, (strides, strides), 'SAME')
-  y, pullback = jax.vjp(ours, x, kernel)
-  y_ref, pullback_ref = jax.vjp(lambda x, w: _lax_conv(x, w, strides), x,
-                                kernel)
-  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  g = rng.normal(size=y.shape).astype(np.float32)
-  for a, b in zip(pullback(g), pullback_ref(g)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-  uses_conv = 'conv_general_dilated' in str(jax.make_jaxpr(ours)(x, kernel))
-  assert uses_conv == (shape[-1] > layers.PATCHES_AS_DOT_MAX_CHANNELS)
-
-
-@pytest.mark.parametrize('kwargs', [
-    {'padding': 'VALID'}, {'padding': 'SAME', 'rhs_dilation': (2, 2)},
-    {'padding': 'SAME', 'feature_group_count': 3},
-    {'padding': 'SAME', 'window_strides': (1, 2)}])
-def test_patches_as_dot_rejects_other_convolutions(kwargs):
-  kwargs = {'window_strides': (1, 1), **kwargs}
-  with pytest.raises(ValueError, match='patches_as_dot computes only'):
-    layers.patches_as_dot(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 1, 3)),
-                          **kwargs)
-
-
-@pytest.mark.parametrize('impl', IMPLS)
-def test_conv_bn_depthwise(impl):
-  # DepthwiseConv inside ConvBN: width kept (`features` ignored), `impl` used.
+@pytest.mark.parametrize('op_set', OPS)
+def test_conv_bn_depthwise(op_set):
+  # A depthwise ConvBN keeps the width (`features` ignored).
   x = np.random.default_rng(9).normal(size=(2, 8, 7, 6)).astype(np.float32)
-  module = layers.ConvBN(features=99, kernel_size=5, strides=2,
-                         depthwise=True, depthwise_impl=impl,
-                         activation='identity')
+  module = ops.OP_SETS[op_set].conv_bn(features=99, kernel_size=5, strides=2,
+                                       depthwise=True, activation='identity')
   variables, kernel = _conv_bn_variables(module, x, 3)
   assert kernel.shape == (5, 5, 1, 6)
   np.testing.assert_allclose(
@@ -285,28 +252,32 @@ def test_conv_bn_depthwise(impl):
       rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('op_set', OPS)
 @pytest.mark.parametrize('kernel_size', [3, 5])
-def test_depthwise_init_has_keras_scale(kernel_size):
+def test_depthwise_init_has_keras_scale(op_set, kernel_size):
   # Keras' DepthwiseConv2D default, glorot_uniform on a (k, k, C, 1) kernel:
   # variance 2 / (fan_in + fan_out) = 2 / (k*k*C + k*k).
   channels = 512
-  variables = layers.DepthwiseConv(kernel_size).init(
-      jax.random.key(0), np.zeros((1, 8, 8, channels), np.float32))
-  kernel = np.asarray(variables['params']['kernel'])
+  module = ops.OP_SETS[op_set].conv_bn(channels, kernel_size, depthwise=True)
+  variables = module.init(jax.random.key(0),
+                          np.zeros((1, 8, 8, channels), np.float32))
+  kernel = np.asarray(variables['params']['conv']['kernel'])
   assert kernel.shape == (kernel_size, kernel_size, 1, channels)
   keras_std = np.sqrt(2 / (kernel_size**2 * (channels + 1)))
   assert kernel.std() == pytest.approx(keras_std, rel=0.05)
 
 
 # 5 features from 3 channels: convolution, then BatchNorm; 8 (at least
-# twice the input's): the two folded together in training
-# (batch_norm.normalize_pointwise_batch).
+# twice the input's): in the cpu op set, the two folded together in training
+# (cpu.batch_norm.normalize_pointwise_batch).
+@pytest.mark.parametrize('op_set', OPS)
 @pytest.mark.parametrize('features', [5, 8])
-def test_conv_bn_train_mode_normalises_with_batch_statistics(features):
+def test_conv_bn_train_mode_normalises_with_batch_statistics(op_set,
+                                                             features):
   x = np.random.default_rng(7).normal(2.0, 3.0, (4, 6, 6, 3)).astype(
       np.float32)
-  module = layers.ConvBN(features=features, kernel_size=1,
-                         activation='identity', bn_momentum=0.9)
+  module = ops.OP_SETS[op_set].conv_bn(features=features, kernel_size=1,
+                                       activation='identity', bn_momentum=0.9)
   variables, kernel = _conv_bn_variables(module, x, 4)
   y, state = jax.jit(lambda v, x: module.apply(
       v, x, train=True, mutable=['batch_stats']))(variables, x)
@@ -318,39 +289,6 @@ def test_conv_bn_train_mode_normalises_with_batch_statistics(features):
   stats = state['batch_stats']['bn']
   np.testing.assert_allclose(stats['mean'], 0.1 * mean, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * var, rtol=1e-4)
-
-
-def test_conv_bn_folded_expansion_gradients_match_two_layers():
-  """An expansion ConvBN in training (folded: the kernel's and BatchNorm's
-  gradients in closed form) against autodiff of convolution, BatchNorm
-  (flax's) and ReLU6 written out."""
-  x = np.random.default_rng(8).normal(1.0, 2.0, (2, 5, 5, 4)).astype(
-      np.float32)
-  module = layers.ConvBN(features=24, kernel_size=1, activation='relu6')
-  assert module._normalizes_pointwise_expansion(x, train=True)
-  variables = module.init(jax.random.key(1), x)
-  params = variables['params']
-  g = np.random.default_rng(9).normal(size=(2, 5, 5, 24)).astype(np.float32)
-
-  def ours(params, x):
-    y, _ = module.apply({**variables, 'params': params}, x, train=True,
-                        mutable=['batch_stats'])
-    return jnp.sum(y * g)
-
-  def two_layers(params, x):
-    y = jnp.einsum('nhwk,kc->nhwc', x, params['conv']['kernel'][0, 0])
-    y, _ = nn.BatchNorm(use_running_average=False, momentum=0.99,
-                        epsilon=EPS).apply(
-                            {'params': params['bn'],
-                             'batch_stats': variables['batch_stats']['bn']},
-                            y, mutable=['batch_stats'])
-    return jnp.sum(layers.relu6(y) * g)
-
-  got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(params, x)
-  want = jax.jit(jax.value_and_grad(two_layers, argnums=(0, 1)))(params, x)
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
 _GRID = np.linspace(-7, 7, 281).astype(np.float32)  # step 0.05, hits +-3, 0
@@ -423,10 +361,11 @@ def test_make_divisible_matches_formula():
     assert got % 8 == 0 and got >= 0.9 * v
 
 
-def test_squeeze_excite_matches_numpy():
+@pytest.mark.parametrize('op_set', OPS)
+def test_squeeze_excite_matches_numpy(op_set):
   rng = np.random.default_rng(8)
   x = rng.normal(size=(2, 5, 5, 16)).astype(np.float32)
-  module = layers.SqueezeExcite(squeeze_features=8)
+  module = ops.OP_SETS[op_set].squeeze_excite(squeeze_features=8)
   shapes = jax.eval_shape(module.init, jax.random.key(0), x)['params']
   assert shapes['reduce']['kernel'].shape == (1, 1, 16, 8)
   assert shapes['expand']['kernel'].shape == (1, 1, 8, 16)

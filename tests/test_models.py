@@ -528,12 +528,6 @@ def test_bad_dtype(dtype):
   assert 'bfloat16' in message
 
 
-def test_bad_depthwise_impl():
-  message = _raises('depthwise_impl', models.create_model, 'mobilenet_v2',
-                    depthwise_impl='winograd')
-  assert 'grouped' in message
-
-
 @pytest.mark.parametrize('num_classes', [0, -3, 2.5, '10', True,
                                          np.int64(-2)])
 def test_bad_num_classes(num_classes):

@@ -9,12 +9,14 @@ import numpy as np
 import optax
 import pytest
 
+from configs import default
 from mobilenet_jax import models, optim
-from mobilenet_jax.layers import DepthwiseConv
 
 
 def make_config(**overrides):
-  config = optim.default_optim_config()
+  """configs/default.py's optim fields, without warm-up, and `overrides`."""
+  config = default.get_config().optim
+  config.warmup_steps = 0
   config.update(overrides)
   return config
 
@@ -47,16 +49,19 @@ def random_grads(params, steps, seed=1):
 # ---------------------------------------------------------------- config ---
 
 
-def test_default_config_has_every_contract_field():
-  config = optim.default_optim_config()
-  for field in ('name', 'learning_rate', 'schedule', 'warmup_steps',
-                'weight_decay', 'label_smoothing', 'ema_decay', 'momentum',
-                'nesterov', 'decay_rate', 'decay_epochs', 'rmsprop_decay',
-                'rmsprop_epsilon', 'decay_depthwise', 'grad_clip_norm'):
-    assert field in config, field
+def test_default_config_sets_every_field():
+  config = default.get_config().optim
+  assert sorted(config) == sorted(optim.FIELDS)
   assert config.name in optim.OPTIMIZERS
   assert config.schedule in optim.SCHEDULES
   optim.create_optimizer(config, 100, small_params(), steps_per_epoch=10)
+
+
+def test_missing_field_raises_naming_it():
+  config = make_config()
+  del config['rmsprop_epsilon']
+  with pytest.raises(ValueError, match=r'optim\.rmsprop_epsilon is not set'):
+    optim.create_optimizer(config, 100, small_params(), steps_per_epoch=10)
 
 
 # ------------------------------------------------------------- schedules ---
@@ -252,14 +257,15 @@ def test_frozen_leaves_get_zero_updates_and_no_state():
 
 
 def module_paths_by_class(model, images):
-  """Params of `model` and the paths of its Conv/Dense/DepthwiseConv modules
-  and of its DepthwiseConv modules, found by class while it is traced."""
+  """Params of `model` (with the `reference` op set) and the paths of its
+  Conv/Dense modules and of its depthwise (grouped) Conv modules, found by
+  class while it is traced."""
   kernels, depthwise = set(), set()
 
   def record(module, unused_method_name):
-    if isinstance(module, (nn.Conv, nn.Dense, DepthwiseConv)):
+    if isinstance(module, (nn.Conv, nn.Dense)):
       kernels.add(module.path)
-    if isinstance(module, DepthwiseConv):
+    if isinstance(module, nn.Conv) and module.feature_group_count > 1:
       depthwise.add(module.path)
     return False
 
@@ -272,7 +278,8 @@ def module_paths_by_class(model, images):
 @pytest.mark.parametrize('name', ['mobilenet_v3_small', 'mobilenet_v1'])
 @pytest.mark.parametrize('decay_depthwise', [False, True])
 def test_weight_decay_mask_on_real_model(name, decay_depthwise):
-  model = models.create_model(name, alpha=0.35 if 'v3' in name else 0.25)
+  model = models.create_model(name, alpha=0.35 if 'v3' in name else 0.25,
+                              ops='reference')
   images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   params, kernel_modules, depthwise_modules = module_paths_by_class(
       model, images)

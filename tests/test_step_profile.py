@@ -24,11 +24,12 @@ def test_layer_of(op_name, expected):
   assert step_profile.layer_of(op_name) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['train', 'infer'])
 def test_bench_trace_attributes_the_step_to_its_layers(mode, tmp_path):
   result = bench.benchmark_model(
       'mobilenet_v2', alpha=0.35, resolution=32, batch_size=2, mode=mode,
-      depthwise_impl='shifted', steps=5, warmup=1, trace_dir=str(tmp_path))
+      ops='cpu', steps=5, warmup=1, trace_dir=str(tmp_path))
   rows = {(row['pass'], row['layer']): row['ms_per_step']
           for row in result['layer_ms']}
   assert all(ms >= 0 for ms in rows.values())

@@ -20,7 +20,10 @@ from configs import imagenet_mobilenet_v3_large
 from mobilenet_jax import checkpoint
 from mobilenet_jax import hyper
 from mobilenet_jax import models
+from mobilenet_jax import pretrained
 from mobilenet_jax import sweep
+from mobilenet_jax import sweep_runs
+from mobilenet_jax import sweep_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
@@ -102,7 +105,7 @@ def test_v2_and_v3_sweep_files():
 ])
 def test_sweep_files_apply_to_offline_and_imagenet_configs(sweep_file, recipe):
   runs = sweep.load_sweep(os.path.join(SWEEPS, sweep_file)).runs
-  assert len(set(sweep.run_names(runs))) == len(runs)
+  assert len(set(sweep_runs.run_names(runs))) == len(runs)
   for base in (default.get_config(), recipe()):
     for run in runs:
       config = sweep.apply_overrides(base, run)
@@ -131,27 +134,27 @@ def test_run_names_from_swept_values():
       hyper.sweep('model.alpha', [0.5, 1.0]),
       hyper.sweep('data.rho', [0.857, 1.0]),
   ])
-  assert sweep.run_names(runs) == [
+  assert sweep_runs.run_names(runs) == [
       'alpha_0.5-rho_0.857', 'alpha_0.5-rho_1.0', 'alpha_1.0-rho_0.857',
       'alpha_1.0-rho_1.0']
   # One run: named from all its overrides.
-  assert sweep.run_names([{'model.alpha': 0.5}]) == ['alpha_0.5']
-  assert sweep.run_names([{}]) == ['run']
+  assert sweep_runs.run_names([{'model.alpha': 0.5}]) == ['alpha_0.5']
+  assert sweep_runs.run_names([{}]) == ['run']
 
 
 def test_run_names_are_filesystem_safe_and_distinct():
   runs = hyper.product([hyper.sweep('data.dataset', ['shapes/tiny', 'a b']),
                         hyper.sweep('freeze_backbone', [True, False])])
-  names = sweep.run_names(runs)
+  names = sweep_runs.run_names(runs)
   assert names[0] == 'dataset_shapes_tiny-freeze_backbone_true'
   for name in names:
     assert all(c.isalnum() or c in '._+-' for c in name)
   # Two keys with the same last component: full paths.
   runs = hyper.zipit([hyper.sweep('model.dtype', ['float32', 'bfloat16']),
                       hyper.sweep('data.dtype', ['uint8', 'float32'])])
-  assert sweep.run_names(runs)[0] == 'model.dtype_float32-data.dtype_uint8'
+  assert sweep_runs.run_names(runs)[0] == 'model.dtype_float32-data.dtype_uint8'
   with pytest.raises(ValueError, match='named'):
-    sweep.run_names([{'model.alpha': 0.5}, {'model.alpha': 0.5}])
+    sweep_runs.run_names([{'model.alpha': 0.5}, {'model.alpha': 0.5}])
 
 
 # Commands.
@@ -220,16 +223,11 @@ def test_bad_launch_settings_are_value_errors(kwargs, message, capsys):
 # Summaries.
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  """tfds data dir for shapes/tiny, prepared by the first run that reads it."""
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
 def fabricate_run(sweep_dir, name, index, overrides, status, data_dir,
                   metrics=(), steps=None):
   """A run directory as the sweep and training write it: run.json, and for a
-  started run config.json and metrics.jsonl (ending in a half-written line)."""
+  started run config.json (resolved: with num_classes) and metrics.jsonl
+  (ending in a half-written line)."""
   run_dir = sweep_dir / name
   run_dir.mkdir(parents=True)
   config = sweep.apply_overrides(default.get_config(), {
@@ -238,9 +236,10 @@ def fabricate_run(sweep_dir, name, index, overrides, status, data_dir,
   record = dict(index=index, name=name, overrides=overrides,
                 config_arg='configs/default.py', config_overrides=[],
                 command='', config=config.to_dict(), status=status, error=None)
-  (run_dir / sweep.RUN_FILE).write_text(json.dumps(record))
+  (run_dir / sweep_runs.RUN_FILE).write_text(json.dumps(record))
   if steps is not None:
     config.num_train_steps = steps
+    config.num_classes = 10
     (run_dir / 'config.json').write_text(config.to_json())
     lines = [json.dumps(dict(step=step, split='train', time=0.0, loss=1.0,
                              top1=0.5, learning_rate=0.1, img_per_sec=speed))
@@ -256,13 +255,13 @@ def test_summarize_a_partly_finished_sweep(tmp_path, data_dir):
                                    (4, 20.0)], steps=100)
   fabricate_run(tmp_path, 'alpha_0.5', 1, {'model.alpha': 0.5}, 'pending',
                 data_dir)
-  rows = sweep.summarize(str(tmp_path))
+  rows = sweep_summary.summarize(str(tmp_path))
   assert [(r.name, r.status, r.top1, r.resolution) for r in rows] == [
       ('alpha_0.25', 'running', None, 32), ('alpha_0.5', 'pending', None, 32)]
   assert rows[0].steps == 4
   assert rows[0].img_per_sec == 25.0  # median of 10, 20, 30, 400
   assert rows[0].params > 0 and rows[0].macs > 0
-  # Not started: no costs (that would need the dataset's classes).
+  # Not started: no costs (training records the dataset's classes).
   assert (rows[1].params, rows[1].steps) == (None, None)
   with open(tmp_path / 'results.csv') as f:
     table = list(csv.DictReader(f))
@@ -278,7 +277,7 @@ TINY = [
     '--config.batch_size=8', '--config.num_train_steps=2',
     '--config.optim.warmup_steps=0', '--config.log_every_steps=1',
     '--config.checkpoint_every_steps=0', '--config.model.dropout_rate=0.0',
-    '--config.model.depthwise_impl=grouped',  # compiles fastest on CPU
+    '--config.model.ops=reference',  # compiles fastest on CPU
 ]
 
 
@@ -297,24 +296,26 @@ def real_sweep(tmp_path_factory, data_dir):
              f'--workdir={workdir}', *TINY,
              f'--config.data.data_dir={data_dir}']
   first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-  log = (workdir / 'alpha_0.25' / sweep.LOG_FILE).read_text()
+  log = (workdir / 'alpha_0.25' / sweep_runs.LOG_FILE).read_text()
   second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
   return workdir, first, second, log
 
 
+@pytest.mark.slow
 def test_failed_run_does_not_stop_the_others(real_sweep):
   workdir, first, _, _ = real_sweep
   assert first.returncode == 1, first.stdout + first.stderr
   assert '[1/2] alpha_0.25: finished after' in first.stdout
   assert '[2/2] alpha_-1.0: failed after' in first.stdout
-  records = {name: json.loads((workdir / name / sweep.RUN_FILE).read_text())
-             for name in ('alpha_0.25', 'alpha_-1.0')}
+  records = {
+      name: json.loads((workdir / name / sweep_runs.RUN_FILE).read_text())
+      for name in ('alpha_0.25', 'alpha_-1.0')}
   assert records['alpha_0.25']['status'] == 'finished'
   assert records['alpha_-1.0']['status'] == 'failed'
   assert 'alpha must be > 0' in records['alpha_-1.0']['error']
   assert 'alpha must be > 0' in (workdir / 'alpha_-1.0' /
-                                 sweep.ERROR_FILE).read_text()
-  assert not (workdir / 'alpha_0.25' / sweep.ERROR_FILE).exists()
+                                 sweep_runs.ERROR_FILE).read_text()
+  assert not (workdir / 'alpha_0.25' / sweep_runs.ERROR_FILE).exists()
   assert (workdir / 'alpha_0.25' / 'eval' / 'step_2.json').exists()
   # The resolved config the run trained with: the sweep's value, the command
   # line's overrides.
@@ -323,14 +324,15 @@ def test_failed_run_does_not_stop_the_others(real_sweep):
   assert (config.num_train_steps, config.batch_size) == (2, 8)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_retries_failed_ones(real_sweep):
   workdir, _, second, log = real_sweep
   assert second.returncode == 1
   assert '[1/2] alpha_0.25: finished before, skipped' in second.stdout
   assert '[2/2] alpha_-1.0: failed after' in second.stdout
-  assert (workdir / 'alpha_0.25' / sweep.LOG_FILE).read_text() == log
+  assert (workdir / 'alpha_0.25' / sweep_runs.LOG_FILE).read_text() == log
   # The failed run was launched again: its log holds two attempts.
-  failed_log = (workdir / 'alpha_-1.0' / sweep.LOG_FILE).read_text()
+  failed_log = (workdir / 'alpha_-1.0' / sweep_runs.LOG_FILE).read_text()
   assert failed_log.count('$ ') == 2
 
 
@@ -354,9 +356,10 @@ def test_v1_closed_form_is_the_papers():
   assert v1_macs(0.25, 224, 1000) == pytest.approx(41e6, rel=0.01)
 
 
+@pytest.mark.slow
 def test_summarize_real_runs(real_sweep):
   workdir, _, _, _ = real_sweep
-  rows = {row.name: row for row in sweep.summarize(str(workdir))}
+  rows = {row.name: row for row in sweep_summary.summarize(str(workdir))}
   assert {n: r.status for n, r in rows.items()} == {
       'alpha_0.25': 'finished', 'alpha_-1.0': 'failed'}
   with open(workdir / 'results.csv') as f:
@@ -374,7 +377,7 @@ def test_summarize_real_runs(real_sweep):
   assert len(speeds) == 2
   assert float(row['img_per_sec']) == pytest.approx(statistics.median(speeds))
   # Params: the size of the trained checkpoint's parameters.
-  variables = checkpoint.load_pretrained(str(workdir / 'alpha_0.25'))
+  variables = pretrained.load_pretrained(str(workdir / 'alpha_0.25'))
   assert int(row['params']) == sum(
       math.prod(x.shape) for x in jax.tree.leaves(variables['params']))
   assert int(row['macs']) == v1_macs(0.25, 32, num_classes=10)
@@ -387,14 +390,27 @@ def test_summarize_real_runs(real_sweep):
   assert (workdir / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_summarizing_imports_no_tensorflow(tmp_path, data_dir):
+  fabricate_run(tmp_path, 'alpha_0.25', 0, {'model.alpha': 0.25}, 'running',
+                data_dir, metrics=[(1, 10.0)], steps=100)
+  code = ('import sys\n'
+          'from mobilenet_jax import sweep_summary\n'
+          f'row, = sweep_summary.summarize({str(tmp_path)!r})\n'
+          'assert row.macs > 0, row\n'
+          "print('tensorflow' in sys.modules)\n")
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == 'False'
+
+
 def test_tradeoff_series_group_by_all_but_the_fastest_key():
-  rows = [sweep.Row(f'r{i}', {'model.alpha': a, 'data.rho': r}, 'finished',
-                    macs=int(1e6 * a * r), top1=0.5)
+  rows = [sweep_summary.Row(f'r{i}', {'model.alpha': a, 'data.rho': r},
+                            'finished', macs=int(1e6 * a * r), top1=0.5)
           for i, (a, r) in enumerate([(1.0, 1.0), (1.0, 0.5), (0.5, 1.0),
                                       (0.5, 0.5)])]
-  rows.append(sweep.Row('r4', {'model.alpha': 0.5, 'data.rho': 0.25},
-                        'running'))
-  series = sweep.tradeoff_series(rows, ['model.alpha', 'data.rho'])
+  rows.append(sweep_summary.Row('r4', {'model.alpha': 0.5, 'data.rho': 0.25},
+                                'running'))
+  series = sweep_summary.tradeoff_series(rows, ['model.alpha', 'data.rho'])
   assert {label: [row.name for row in group]
           for label, group in series.items()} == {
               'alpha=1.0': ['r1', 'r0'], 'alpha=0.5': ['r3', 'r2']}

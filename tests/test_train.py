@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from mobilenet_jax import checkpoint
-from mobilenet_jax import evaluate
+from mobilenet_jax import evaluation
 from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import parallel
@@ -26,11 +26,6 @@ from mobilenet_jax import state as state_lib
 from mobilenet_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 def tiny_config(data_dir, **overrides):
@@ -113,6 +108,7 @@ def run_subprocess(command, env_extra=None, timeout=600, cwd=REPO):
   return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['mobilenet_v1', 'mobilenet_v2',
                                   'mobilenet_v3_large', 'mobilenet_v3_small'])
 def test_one_train_step_per_family_on_mock_data(name, tmp_path):
@@ -130,6 +126,7 @@ def test_one_train_step_per_family_on_mock_data(name, tmp_path):
   assert saved == result
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_eval_counts_every_example(data_dir, tmp_path):
   # 16 training examples, so that 60 steps must fit them (learning, not
   # generalisation, is what this checks).
@@ -147,6 +144,7 @@ def test_loss_decreases_and_eval_counts_every_example(data_dir, tmp_path):
   assert test_size % 16 and result['num_examples'] == test_size
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path,
                                                  monkeypatch):
   # A relative workdir, as `make run` gives (orbax writes only absolute ones).
@@ -166,6 +164,8 @@ def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path,
   assert at_3['step'] == 3 and at_3['ema'] is False
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_eight_devices_match_one_device(data_dir, tmp_path):
   # SGD: its update is linear in the gradient, so the two runs' float
   # rounding differences stay that small. Adam divides by sqrt(v), which
@@ -186,6 +186,7 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
   assert_trees_close(a.batch_stats, b.batch_stats, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.multiprocess
 def test_batch_not_divisible_by_devices_is_an_error(data_dir, tmp_path):
   overrides = tiny_overrides(data_dir, batch_size=12)
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
@@ -217,6 +218,8 @@ def _start_two_processes(overrides, workdir):
       for i in range(2)]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_train_and_one_restores(tmp_path):
   # A fresh data_dir: the two processes find the dataset unprepared at once.
   overrides = tiny_overrides(str(tmp_path / 'tfds'), num_train_steps=4,
@@ -232,6 +235,8 @@ def test_two_processes_train_and_one_restores(tmp_path):
   assert result['num_examples'] == 75
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
     data_dir, tmp_path):
   # A preempted pod slice: one host gets SIGTERM; every process must save
@@ -268,6 +273,7 @@ def _logged_step(metrics_file, step):
   return any(json.loads(line)['step'] == step for line in lines)
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_matches_uninterrupted_run(data_dir, tmp_path):
   overrides = tiny_overrides(data_dir, num_train_steps=300,
                              checkpoint_every_steps=1000,
@@ -300,6 +306,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(data_dir, tmp_path):
                        atol=1e-6)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_transfer_keeps_backbone(data_dir, tmp_path):
   source = tmp_path / 'source'
   train.train_and_evaluate(tiny_config(data_dir), str(source))
@@ -325,10 +332,11 @@ def test_frozen_backbone_transfer_keeps_backbone(data_dir, tmp_path):
   assert not np.allclose(new["['classifier']['kernel']"], first)
 
 
+@pytest.mark.slow
 def test_train_step_ema_is_the_decayed_average_of_the_variables():
   model = models.create_model('mobilenet_v1', num_classes=4, alpha=0.25)
-  config = optim.default_optim_config()
-  config.schedule = 'constant'
+  config = default.get_config().optim
+  config.schedule, config.warmup_steps = 'constant', 0
   key = jax.random.PRNGKey(0)
   variables = state_lib.init_variables(model, key, 32)
   tx, schedule = optim.create_optimizer(config, 10, variables['params'])
@@ -345,7 +353,7 @@ def test_train_step_ema_is_the_decayed_average_of_the_variables():
   expected = jax.tree.map(
       lambda old, now: decay * old + (1 - decay) * now, variables,
       {'params': new.params, 'batch_stats': new.batch_stats})
-  got = evaluate.evaluation_variables(new, use_ema=True)
+  got = evaluation.evaluation_variables(new, use_ema=True)
   assert_trees_close(got, expected, rtol=1e-6, atol=1e-7)
   assert not np.allclose(flat(got)["['params']['classifier']['kernel']"],
                          flat(new.params)["['classifier']['kernel']"])

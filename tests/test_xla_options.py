@@ -6,20 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet_jax import batch_norm
-from mobilenet_jax import depthwise
 from mobilenet_jax import layers
 from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import xla_options
+from mobilenet_jax.cpu import batch_norm
+from mobilenet_jax.cpu import depthwise
 
 
 def _loss_and_grads_fn(num_classes=4):
   """(fn(params, batch) -> (loss, grads), params) of a tiny V2 in training
-  mode (batch statistics, shifted depthwise with its hand-written VJP)."""
+  mode with the `cpu` op set (the kernels the options are for)."""
   model = models.create_model('mobilenet_v2', num_classes=num_classes,
-                              alpha=0.35, depthwise_impl='shifted_vjp')
+                              alpha=0.35, ops='cpu')
   variables = state_lib.init_variables(model, jax.random.PRNGKey(0), 32)
 
   def loss_fn(params, batch):
@@ -62,8 +62,7 @@ def test_relu6_depthwise_batchnorm_gradients_match_strict_ieee(strides):
   bias = jnp.asarray(rng.normal(size=24), jnp.float32)
 
   def loss(x, kernel, scale, bias):
-    y = depthwise.depthwise_conv(layers.relu6(x), kernel, strides,
-                                 impl='shifted_vjp')
+    y = depthwise.depthwise_conv(layers.relu6(x), kernel, strides)
     y, _, _ = batch_norm.normalize_batch(y, scale, bias, 1e-3)
     return jnp.sum(jnp.sin(y))
 
@@ -77,6 +76,7 @@ def test_relu6_depthwise_batchnorm_gradients_match_strict_ieee(strides):
                                atol=1e-6 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_a_nan_or_inf_input_still_reaches_the_loss():
   fn, params = _loss_and_grads_fn()
   step = jax.jit(fn, compiler_options=xla_options.step_compiler_options('cpu'))

@@ -25,8 +25,9 @@ Resizing is bilinear with antialiasing. Both end with
 (`tf.image.decode_and_crop_jpeg` on the undecoded bytes), so only the crop
 window is decoded.
 
-Config fields read (`config.data`, an ml_collections.ConfigDict; any field
-left out takes its value in `default_config()`):
+Config fields read (`config.data`, an ml_collections.ConfigDict or a dict;
+every field read must be set: configs/default.py lists them with their
+defaults, and a missing one is a ValueError naming it):
   dataset: a tfds name with optional config and version ('shapes',
     'shapes/tiny', 'cifar10', 'imagenet2012', 'imagenette',
     'oxford_flowers102', ...), or 'folder:/path/to/dir' for a local folder
@@ -54,9 +55,9 @@ left out takes its value in `default_config()`):
     (Inception: 0.08-1.0; for `shapes` about (0.35, 1.0) keeps shapes whole).
   crop_aspect_ratio_range: (min, max) crop width / height.
   eval_crop_fraction: central crop side / shorter image side, in (0, 1].
-  mean, std: per-channel RGB statistics in [0, 1] units. The defaults are
-    ImageNet's (IMAGENET_MEAN, IMAGENET_STD); Keras Applications weights
-    expect mean = std = (0.5, 0.5, 0.5), i.e. inputs in [-1, 1].
+  mean, std: per-channel RGB statistics in [0, 1] units (ImageNet's:
+    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)); Keras Applications
+    weights expect mean = std = (0.5, 0.5, 0.5), i.e. inputs in [-1, 1].
 """
 
 import dataclasses
@@ -65,7 +66,6 @@ from typing import Iterator
 
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -77,8 +77,6 @@ from mobilenet_jax.data import shapes  # pylint: disable=unused-import
 if tf.config.list_physical_devices('GPU'):
   tf.config.set_visible_devices([], 'GPU')
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FOLDER_PREFIX = 'folder:'
 AUTO_CACHE_MAX_BYTES = 2 * 1024**3
 
@@ -86,32 +84,13 @@ AUTO_CACHE_MAX_BYTES = 2 * 1024**3
 # are on static settings), so AutoGraph need not rewrite them.
 _plain = tf.autograph.experimental.do_not_convert
 
-_DEFAULTS = {
-    'dataset': 'shapes',
-    'data_dir': None,
-    'train_split': 'train',
-    'eval_split': 'test',
-    'image_key': 'image',
-    'label_key': 'label',
-    'rho': 1.0,
-    'base_resolution': 224,
-    'shuffle_buffer': 16_384,
-    'cache': None,
-    'crop_area_range': (0.08, 1.0),
-    'crop_aspect_ratio_range': (3 / 4, 4 / 3),
-    'eval_crop_fraction': 0.875,
-    'mean': IMAGENET_MEAN,
-    'std': IMAGENET_STD,
-}
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """Every field this module reads, with its default (see module docstring)."""
-  return ml_collections.ConfigDict(_DEFAULTS)
-
 
 def _field(data_config, name):
-  return data_config.get(name, _DEFAULTS[name])
+  """`data_config[name]`; a ValueError naming the field if it is not set."""
+  if name not in data_config:
+    raise ValueError(f'data.{name} is not set (configs/default.py lists every '
+                     'data field)')
+  return data_config[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""BatchNorm over NHWC with a hand-written backward pass.
+"""BatchNorm over NHWC with a hand-written backward pass (the `cpu` op set).
 
 Ioffe & Szegedy 2015, "Batch Normalization", Algorithm 1 (forward) and the
 chain rule of its section 3 (backward). The module is a drop-in for
@@ -7,12 +7,12 @@ chain rule of its section 3 (backward). The module is a drop-in for
 update (momentum * old + (1 - momentum) * batch), statistics in float32 with
 var = E[x^2] - E[x]^2 clipped at 0, output in `dtype`.
 
-Why not flax's: autodiff of its forward pass differentiates through the
-float32 casts, the broadcasted mean and the E[x^2] - E[x]^2 variance term by
-term. The closed-form gradient below needs two per-channel sums (of dy and of
-dy * (x - mean)) and one elementwise pass. On this project's 2-core CPU the
-V2 224/32 train step ran 5-10% faster and compiled 1-2 s sooner with it
-(interleaved A/B runs; README, "Speed").
+Why not flax's on CPU: autodiff of its forward pass differentiates through
+the float32 casts, the broadcasted mean and the E[x^2] - E[x]^2 variance
+term by term. The closed-form gradient below needs two per-channel sums (of
+dy and of dy * x) and one elementwise pass. `normalize_pointwise_batch`
+goes further for a 1x1 expansion: it folds the convolution into the
+normalisation (docs/performance.md has the measurements).
 """
 
 import functools
@@ -110,8 +110,7 @@ def normalize_pointwise_batch(x, kernel, scale, bias, epsilon):
   xc is kept with a column of ones appended, xc1 = [xc, 1], so that the
   bias is the last row of the forward dot's right operand and xc1^T dz
   gives sum(dz) as its last row: one pass over dz instead of a dot and a
-  reduction (the V2 224/32 train step's median: 1057 -> 1003 ms, 30
-  interleaved steps each, 2026-12-03).
+  reduction.
 
   Returns (z, mean, var) as `normalize_batch` does, z in float32.
   """

@@ -1,4 +1,4 @@
-"""batch_norm.BatchNorm against flax.linen.BatchNorm and autodiff."""
+"""The cpu op set's BatchNorm against flax.linen.BatchNorm and autodiff."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet_jax import batch_norm
+from mobilenet_jax.cpu import batch_norm
 
 MOMENTUM = 0.9
 EPS = 1e-3

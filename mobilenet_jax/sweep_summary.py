@@ -1,0 +1,236 @@
+"""Summarising a sweep directory (`sweep_runs`): a results table and a plot.
+
+`summarize(DIR)` writes DIR/results.csv, DIR/results.md and DIR/tradeoff.png
+(top-1 against multiply-adds, as the V1 paper's figure 4, for our runs). It
+works on a partly finished sweep and on gs:// directories, and reads only
+what the runs wrote (no dataset, no TensorFlow).
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import statistics
+from typing import Sequence
+
+from etils import epath
+import ml_collections
+
+from mobilenet_jax import checkpoint
+from mobilenet_jax import costs
+from mobilenet_jax import hyper
+from mobilenet_jax import models
+from mobilenet_jax import state as state_lib
+from mobilenet_jax import sweep_runs
+
+
+@dataclasses.dataclass
+class Row:
+  """One run of a sweep directory, as `summarize` reports it. Costs are for
+  the run's model at its input resolution (None where unknown); accuracies
+  are the final evaluation's (None before it)."""
+  name: str
+  overrides: hyper.Run
+  status: str
+  resolution: int | None = None
+  params: int | None = None
+  macs: int | None = None
+  top1: float | None = None
+  top5: float | None = None
+  steps: int | None = None
+  img_per_sec: float | None = None
+
+
+def _train_metrics(run_dir: epath.Path) -> list[dict]:
+  """The train lines of metrics.jsonl (a half-written last line is skipped)."""
+  path = run_dir / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  lines = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record.get('split') == 'train':
+      lines.append(record)
+  return lines
+
+
+def _resolution(config: ml_collections.ConfigDict) -> int | None:
+  try:
+    return models.input_resolution(config.data.rho,
+                                   config.data.base_resolution)
+  except ValueError:
+    return None
+
+
+def _model_costs(config: ml_collections.ConfigDict,
+                 resolution: int) -> tuple[int, int] | None:
+  """(params, MACs) of a run's model, with the classes its resolved config
+  records; None if the model is invalid or the config records no classes."""
+  if 'num_classes' not in config:
+    return None
+  try:
+    profile = costs.profile_model(
+        state_lib.model_from_config(config.model, config.num_classes),
+        resolution)
+  except ValueError:
+    return None
+  return profile.params, profile.macs
+
+
+def collect(workdir: str) -> list[Row]:
+  """One `Row` per run directory (holding run.json) of a sweep directory, in
+  sweep order. Params and MACs are filled in once training has started
+  (its resolved config.json records the dataset's classes)."""
+  if not epath.Path(workdir).is_dir():
+    raise ValueError(f'sweep directory not found: {workdir!r}')
+  records = []
+  for run_dir in epath.Path(workdir).iterdir():
+    record = sweep_runs.read_json(run_dir / sweep_runs.RUN_FILE)
+    if record is not None:
+      records.append((record, run_dir))
+  records.sort(key=lambda item: (item[0]['index'], item[0]['name']))
+  return [_row(record, run_dir) for record, run_dir in records]
+
+
+def _row(record: dict, run_dir: epath.Path) -> Row:
+  """A run's row from its run.json, config, metrics and final evaluation."""
+  row = Row(record['name'], record['overrides'], 'pending')
+  started = (run_dir / checkpoint.CONFIG_FILE).exists()
+  if started:
+    config = checkpoint.load_config(os.fspath(run_dir))
+  elif record['config'] is not None:
+    config = ml_collections.ConfigDict(record['config'])
+  else:
+    config = None
+  if config is not None:
+    row.resolution = _resolution(config)
+  if started and row.resolution is not None:
+    row.params, row.macs = (_model_costs(config, row.resolution)
+                            or (None, None))
+  final = sweep_runs.final_eval_path(run_dir)
+  if final is not None and final.exists():
+    result = json.loads(final.read_text())
+    row.status = 'finished'
+    row.top1, row.top5 = result['top1'], result['top5']
+  elif record['status'] == 'failed':
+    row.status = 'failed'
+  elif (record['status'] == 'running' or
+        (run_dir / checkpoint.CHECKPOINT_SUBDIR).exists()):
+    row.status = 'running'
+  train = _train_metrics(run_dir)
+  if train:
+    row.steps = train[-1]['step']
+    row.img_per_sec = statistics.median(r['img_per_sec'] for r in train)
+  return row
+
+
+_COLUMNS = ('resolution', 'params', 'macs', 'top1', 'top5', 'steps',
+            'img_per_sec', 'status')
+
+
+def _blank(value, fmt: str) -> str:
+  return '' if value is None else format(value, fmt)
+
+
+def results_csv(rows: Sequence[Row], keys: Sequence[str]) -> str:
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  writer.writerow(['run', *keys, *_COLUMNS])
+  for row in rows:
+    writer.writerow([row.name, *(row.overrides.get(k, '') for k in keys),
+                     *('' if getattr(row, c) is None else getattr(row, c)
+                       for c in _COLUMNS)])
+  return out.getvalue()
+
+
+def markdown_table(header: Sequence[str],
+                   rows: Sequence[Sequence[str]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def results_markdown(rows: Sequence[Row], keys: Sequence[str]) -> str:
+  header = ['run', *keys, 'resolution', 'params (M)', 'MACs (M)',
+            'top-1 (%)', 'top-5 (%)', 'steps', 'img/s', 'status']
+  return markdown_table(header, [
+      [row.name, *(sweep_runs.format_value(row.overrides[k])
+                   if k in row.overrides else '' for k in keys),
+       _blank(row.resolution, 'd'),
+       _blank(row.params and row.params / 1e6, '.2f'),
+       _blank(row.macs and row.macs / 1e6, '.1f'),
+       _blank(row.top1 and 100 * row.top1, '.1f'),
+       _blank(row.top5 and 100 * row.top5, '.1f'),
+       _blank(row.steps, 'd'), _blank(row.img_per_sec, '.0f'), row.status]
+      for row in rows])
+
+
+def tradeoff_series(rows: Sequence[Row],
+                    keys: Sequence[str]) -> dict[str, list[Row]]:
+  """Finished runs grouped by every swept key but the fastest varying (the
+  last): {'alpha=0.5': [runs over rho], ...}, each sorted by MACs."""
+  series = {}
+  for row in rows:
+    if row.top1 is None or row.macs is None:
+      continue
+    label = ', '.join(
+        f'{k.rsplit(".", 1)[-1]}={sweep_runs.format_value(row.overrides[k])}'
+        for k in keys[:-1] if k in row.overrides) or 'runs'
+    series.setdefault(label, []).append(row)
+  return {label: sorted(group, key=lambda row: row.macs)
+          for label, group in series.items()}
+
+
+def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
+  """Top-1 against MACs (log scale), one line per series, each point
+  labelled with its fastest-varying value."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axes = plt.subplots(figsize=(7, 5))
+  fastest = keys[-1] if keys else None
+  for label, group in tradeoff_series(rows, keys).items():
+    macs = [row.macs / 1e6 for row in group]
+    top1 = [100 * row.top1 for row in group]
+    axes.plot(macs, top1, marker='o', label=label)
+    for row, x, y in zip(group, macs, top1):
+      if fastest in row.overrides:
+        axes.annotate(sweep_runs.format_value(row.overrides[fastest]), (x, y),
+                      textcoords='offset points', xytext=(4, 4), fontsize=8)
+  if not axes.lines:
+    axes.text(0.5, 0.5, 'no finished runs yet', ha='center', va='center',
+              transform=axes.transAxes)
+  else:
+    axes.set_xscale('log')
+    axes.legend(fontsize=8)
+  axes.set_xlabel('multiply-adds (millions, log scale)')
+  axes.set_ylabel('top-1 (%)')
+  axes.set_title(title if fastest is None else
+                 f'{title} (points: {fastest.rsplit(".", 1)[-1]})')
+  axes.grid(True, which='both', alpha=0.3)
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png', dpi=120, bbox_inches='tight')
+  plt.close(figure)
+  return buffer.getvalue()
+
+
+def summarize(workdir: str) -> list[Row]:
+  """Writes DIR/results.csv, DIR/results.md and DIR/tradeoff.png; returns
+  the rows."""
+  rows = collect(workdir)
+  if not rows:
+    raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
+                     f'in {workdir!r}')
+  keys = sweep_runs.swept_keys([row.overrides for row in rows])
+  path = epath.Path(workdir)
+  (path / 'results.csv').write_text(results_csv(rows, keys))
+  (path / 'results.md').write_text(results_markdown(rows, keys))
+  (path / 'tradeoff.png').write_bytes(
+      tradeoff_png(rows, keys, os.path.basename(workdir.rstrip('/'))))
+  return rows
+
+

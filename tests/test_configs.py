@@ -1,0 +1,56 @@
+"""Config files: fast to load (no jax, TensorFlow or optax) and
+hardware-neutral recipes with a TPU override."""
+
+import glob
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from configs import imagenet_mobilenet_v1
+from configs import imagenet_mobilenet_v2
+from configs import imagenet_mobilenet_v3_large
+from configs import imagenet_mobilenet_v3_small
+from configs import tpu
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    os.path.basename(path)[:-len('.py')]
+    for path in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+    if 'def get_config' in pathlib.Path(path).read_text())
+HEAVY = ('jax', 'tensorflow', 'optax')
+
+
+def test_every_config_file_is_listed():
+  assert {'default', 'cifar10', 'tpu', 'imagenet_mobilenet_v2'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_loading_a_config_imports_no_jax_tensorflow_or_optax(name):
+  code = (f'import importlib, sys\n'
+          f'importlib.import_module("configs.{name}").get_config()\n'
+          f'print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n')
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == '[]'
+
+
+@pytest.mark.parametrize('get_config', [
+    imagenet_mobilenet_v1.get_config, imagenet_mobilenet_v2.get_config,
+    imagenet_mobilenet_v3_large.get_config,
+    imagenet_mobilenet_v3_small.get_config])
+def test_imagenet_recipes_are_hardware_neutral(get_config):
+  config = get_config()
+  assert (config.model.dtype, config.model.ops) == (
+      default.get_config().model.dtype, default.get_config().model.ops)
+
+
+def test_tpu_override_changes_only_the_dtype():
+  recipe = imagenet_mobilenet_v2.get_config('alpha=0.75').to_dict()
+  on_tpu = tpu.get_config('recipe=imagenet_mobilenet_v2,alpha=0.75').to_dict()
+  assert on_tpu['model'].pop('dtype') == 'bfloat16'
+  recipe['model'].pop('dtype')
+  assert on_tpu == recipe
