@@ -1,9 +1,9 @@
 """The default run: offline, small and CPU-friendly.
 
 A MobileNetV1 (alpha 0.5) trained on the built-in procedurally generated
-`shapes` dataset at 64 px; `make run` trains it in about 4 minutes on two CPU
-cores to 95-98% test top-1 (the README records the measured runs). Every
-other config starts from this one and overrides what differs.
+`shapes` dataset at 64 px (`make run`): minutes on a 2-core CPU, 95-98% test
+top-1 (docs/performance.md records the measured runs). Every other config
+starts from this one and overrides what differs.
 
 Why this recipe: on `shapes` every model (a plain 5-layer CNN included) sits
 at chance for the first 100-200 steps before it finds the shapes, so a short
