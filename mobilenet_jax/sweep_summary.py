@@ -124,7 +124,8 @@ def _row(record: dict, run_dir: epath.Path) -> Row:
   train = _train_metrics(run_dir)
   if train:
     row.steps = train[-1]['step']
-    row.img_per_sec = statistics.median(r['img_per_sec'] for r in train)
+    timed = [r['img_per_sec'] for r in train if 'img_per_sec' in r]
+    row.img_per_sec = statistics.median(timed) if timed else None
   return row
 
 

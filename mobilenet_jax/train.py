@@ -79,8 +79,9 @@ def resolve_config(config: ml_collections.ConfigDict,
                    info: data.DatasetInfo) -> ml_collections.ConfigDict:
   """Checks the config and fills in what follows from it and the data:
   `num_classes` (the dataset's), `steps_per_epoch`, `num_train_steps` (from
-  `num_epochs` if not set) and `eval_batch_size` (the batch size if not set).
-  Fails before compiling."""
+  `num_epochs` if not set) and `eval_batch_size` (the batch size if not set);
+  a warm-up not shorter than the run is clamped to a tenth of it (with a
+  warning). Fails before compiling."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = info.num_classes
   parallel.check_batch_size(config.batch_size, 'batch_size')
@@ -93,6 +94,13 @@ def resolve_config(config: ml_collections.ConfigDict,
     if config.get('num_epochs', 0) <= 0:
       raise ValueError('set num_train_steps or num_epochs (> 0)')
     config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
+  if config.optim.warmup_steps >= config.num_train_steps:
+    clamped = config.num_train_steps // 10
+    logging.warning('optim.warmup_steps=%d is not shorter than the run '
+                    '(num_train_steps=%d): warm-up clamped to %d steps, a '
+                    'tenth of the run', config.optim.warmup_steps,
+                    config.num_train_steps, clamped)
+    config.optim.warmup_steps = clamped
   for field in ('log_every_steps', 'eval_every_steps',
                 'checkpoint_every_steps'):
     if config[field] < 0:
@@ -126,7 +134,9 @@ def _transfer(pretrained: dict, fresh: dict) -> dict:
 
 
 class _Preemption:
-  """Remembers a SIGTERM (a preempted VM) until the loop can act on it.
+  """Remembers a SIGTERM (a preempted VM) or a Ctrl-C (SIGINT) until the
+  loop can act on it: save a checkpoint at the next step and exit 0. A
+  second Ctrl-C aborts at once (KeyboardInterrupt).
 
   In a single process only. Under `jax.distributed`, JAX's preemption
   service catches SIGTERM and every process learns of it at the same step
@@ -134,29 +144,36 @@ class _Preemption:
   only the process that got the signal would stop and save, the others
   waiting for it in the next step's collectives.
   """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
     if (jax.process_count() == 1
         and threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle)
+                        for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: saving a checkpoint and exiting')
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt(f'{name} again: aborted without saving')
+    logging.warning('%s: saving a checkpoint at the next step and exiting%s',
+                    name, ' (Ctrl-C again aborts)'
+                    if signum == signal.SIGINT else '')
     self.requested = True
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains (or resumes) in `workdir`; returns the final evaluation result
   (also written to WORKDIR/eval/step_<N>.json). Returns early with
-  {'preempted': True, 'step': N} after a SIGTERM."""
+  {'preempted': True, 'step': N} after a SIGTERM or a Ctrl-C."""
   info = data.get_dataset_info(config.data)
   config = resolve_config(config, info)
   resolution = models.input_resolution(config.data.rho,
@@ -217,17 +234,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batch = parallel.global_batch(next(batches), mesh)
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
-      window_steps += 1
+      if step == start_step + 1:
+        # The first step compiles: time it apart, so that img/s and the ETA
+        # count only steps that ran compiled.
+        jax.block_until_ready(state)
+        logging.info('step %d compiled and ran in %.1f s', step,
+                     time.perf_counter() - window_start)
+        window_start = time.perf_counter()
+      else:
+        window_steps += 1
       is_last = step == total
       if _every(step, config.log_every_steps) or is_last:
         means = {k: float(np.mean(v)) for k, v in
                  jax.tree.map(lambda *x: np.stack(x),
                               *jax.device_get(pending)).items()}
-        elapsed = time.perf_counter() - window_start
-        img_per_sec = window_steps * config.batch_size / elapsed
-        writer.write(step, {**means, 'img_per_sec': img_per_sec})
-        writers.console_line(step, total, means, img_per_sec,
-                             (total - step) * elapsed / window_steps)
+        timing = {}
+        if window_steps:
+          elapsed = time.perf_counter() - window_start
+          timing = {'img_per_sec': window_steps * config.batch_size / elapsed,
+                    'seconds_left': (total - step) * elapsed / window_steps}
+          means['img_per_sec'] = timing['img_per_sec']
+        writer.write(step, means)
+        writers.console_line(step, total, means, **timing)
         pending, window_start, window_steps = [], time.perf_counter(), 0
       preempted = preemption.requested or manager.reached_preemption(step)
       if (_every(step, config.checkpoint_every_steps) or is_last or

@@ -13,6 +13,9 @@ about 15 s here, `multiprocess` for tests that start several processes (two
 jax.distributed processes, subprocesses on fake devices). `make test-fast`
 leaves both out; `make test` runs everything.
 
+- `tiny_config` (the default config shrunk to seconds), `tiny_overrides`
+  and `main_command` (the same as `python -m mobilenet_jax.main` flags).
+
 Test files import the helpers with `from conftest import ...` (pytest puts
 tests/ on sys.path).
 """
@@ -23,6 +26,8 @@ import sys
 import tempfile
 
 import pytest
+
+from configs import default
 
 os.environ.setdefault(
     'JAX_COMPILATION_CACHE_DIR',
@@ -60,3 +65,42 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
   tfds.builder(TINY_DATASET, data_dir=path).download_and_prepare()
   return path
+
+
+def tiny_config(data_dir, **overrides):
+  """The default config shrunk to seconds: shapes/tiny at 32 px, alpha 0.25."""
+  config = default.get_config()
+  config.model.alpha = 0.25
+  config.model.dropout_rate = 0.0
+  config.data.dataset = 'shapes/tiny'
+  config.data.data_dir = data_dir
+  config.data.base_resolution = 32
+  config.batch_size = 8
+  config.num_train_steps = 6
+  config.optim.warmup_steps = 1
+  config.optim.schedule = 'constant'
+  config.optim.learning_rate = 0.005
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def main_command(config_overrides, workdir, *extra):
+  """`python -m mobilenet_jax.main` on configs/default.py with overrides."""
+  return [sys.executable, '-m', 'mobilenet_jax.main',
+          '--config=configs/default.py', f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in config_overrides.items()], *extra]
+
+
+def tiny_overrides(data_dir, **extra):
+  return {'model.alpha': 0.25, 'model.dropout_rate': 0.0,
+          'data.dataset': 'shapes/tiny', 'data.data_dir': data_dir,
+          'data.base_resolution': 32, 'batch_size': 8,
+          'optim.schedule': 'constant', 'optim.warmup_steps': 1,
+          'optim.learning_rate': 0.005, 'log_every_steps': 2, **extra}

@@ -25,31 +25,7 @@ from mobilenet_jax import parallel
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir, **overrides):
-  """The default config shrunk to seconds: shapes/tiny at 32 px, alpha 0.25."""
-  config = default.get_config()
-  config.model.alpha = 0.25
-  config.model.dropout_rate = 0.0
-  config.data.dataset = 'shapes/tiny'
-  config.data.data_dir = data_dir
-  config.data.base_resolution = 32
-  config.batch_size = 8
-  config.num_train_steps = 6
-  config.optim.warmup_steps = 1
-  config.optim.schedule = 'constant'
-  config.optim.learning_rate = 0.005
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 3
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+from conftest import REPO, main_command, tiny_config, tiny_overrides
 
 
 def restored_state(workdir, step=None):
@@ -82,21 +58,6 @@ def assert_trees_close(a, b, rtol, atol):
   for key in a:
     np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol,
                                err_msg=key)
-
-
-def main_command(config_overrides, workdir, *extra):
-  """`python -m mobilenet_jax.main` on configs/default.py with overrides."""
-  return [sys.executable, '-m', 'mobilenet_jax.main',
-          '--config=configs/default.py', f'--workdir={workdir}',
-          *[f'--config.{k}={v}' for k, v in config_overrides.items()], *extra]
-
-
-def tiny_overrides(data_dir, **extra):
-  return {'model.alpha': 0.25, 'model.dropout_rate': 0.0,
-          'data.dataset': 'shapes/tiny', 'data.data_dir': data_dir,
-          'data.base_resolution': 32, 'batch_size': 8,
-          'optim.schedule': 'constant', 'optim.warmup_steps': 1,
-          'optim.learning_rate': 0.005, 'log_every_steps': 2, **extra}
 
 
 def run_subprocess(command, env_extra=None, timeout=600, cwd=REPO):

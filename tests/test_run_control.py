@@ -1,0 +1,84 @@
+"""Controlling a run: Ctrl-C saves and exits like SIGTERM (twice aborts), a
+warm-up longer than the run is clamped, and throughput leaves out the
+compiling first step."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from mobilenet_jax import checkpoint
+from mobilenet_jax import train
+
+from conftest import REPO, main_command, tiny_config, tiny_overrides
+
+
+def test_ctrl_c_requests_a_save_and_a_second_one_aborts():
+  preemption = train._Preemption()  # pylint: disable=protected-access
+  try:
+    assert signal.getsignal(signal.SIGINT) == preemption._handle  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.requested
+    with pytest.raises(KeyboardInterrupt, match='aborted without saving'):
+      os.kill(os.getpid(), signal.SIGINT)
+  finally:
+    preemption.restore()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_at_the_next_step_and_exits_0(data_dir, tmp_path):
+  overrides = tiny_overrides(data_dir, num_train_steps=2000,
+                             checkpoint_every_steps=5000, log_every_steps=20)
+  process = subprocess.Popen(main_command(overrides, tmp_path), cwd=REPO,
+                             env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count('\n') >= 2):
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.2)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  assert 'SIGINT: saving a checkpoint' in stderr
+  saved = checkpoint.create_manager(str(tmp_path),
+                                    read_only=True).latest_step()
+  assert 40 <= saved < 2000
+
+
+def test_warmup_longer_than_the_run_is_clamped_to_a_tenth(data_dir):
+  from mobilenet_jax import data  # pylint: disable=g-import-not-at-top
+  config = tiny_config(data_dir, num_train_steps=20,
+                       **{'optim.warmup_steps': 50})
+  resolved = train.resolve_config(config, data.get_dataset_info(config.data))
+  assert resolved.optim.warmup_steps == 2
+  assert config.optim.warmup_steps == 50  # the caller's config is unchanged
+  shorter = tiny_config(data_dir, num_train_steps=20,
+                        **{'optim.warmup_steps': 19})
+  assert train.resolve_config(
+      shorter, data.get_dataset_info(config.data)).optim.warmup_steps == 19
+
+
+def test_throughput_leaves_out_the_compiling_first_step(data_dir, tmp_path,
+                                                         monkeypatch):
+  lines = []
+  monkeypatch.setattr(train.writers, 'console_line',
+                      lambda *args, **kwargs: lines.append((args, kwargs)))
+  config = tiny_config(data_dir, num_train_steps=4, log_every_steps=1,
+                       checkpoint_every_steps=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  timings = [kwargs for _, kwargs in lines]
+  assert timings[0] == {}  # step 1: only the compiling step has run
+  for timing in timings[1:]:
+    assert timing['img_per_sec'] > 0 and timing['seconds_left'] >= 0
+  assert timings[-1]['seconds_left'] == 0
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_records = [r for r in records if r['split'] == 'train']
+  assert 'img_per_sec' not in train_records[0]
+  assert all('img_per_sec' in r for r in train_records[1:])
