@@ -10,7 +10,9 @@
 import json
 import os
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
@@ -85,6 +87,39 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
         f'this TrainState (saved by another config or an older layout): '
         + (f'differing fields {", ".join(fields)}' if fields else lines[0])
     ) from e
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state):
+  """(step, state) of the newest checkpoint that restores (`restore`).
+
+  A checkpoint that fails to restore while an older one restores (a file
+  corrupted or cut short) is reported as a warning and set aside, renamed
+  to `<step>.unreadable`, so that training can save that step again. When
+  none restores (e.g. every one was saved by another model), the newest
+  one's error is raised and nothing is renamed.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      state = restore(manager, step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+      continue
+    for unreadable, error in zip(steps, errors):
+      path = manager.directory / str(unreadable)
+      logging.warning('checkpoint %s does not restore (%s); set aside as '
+                      '%s.unreadable, resuming from step %d',
+                      os.fspath(path), str(error).splitlines()[0][:200],
+                      path.name, step)
+      if jax.process_index() == 0:
+        path.rename(path.parent / f'{path.name}.unreadable')
+    if errors:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('checkpoints set aside')
+      manager.reload()
+    return step, state
+  raise errors[0]
 
 
 def checkpoint_path(workdir: str, step: int) -> str:

@@ -43,7 +43,7 @@ def main(argv):
                                   FLAGS.num_processes, FLAGS.process_id)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except ValueError as e:
+  except ValueError as e:  # train.NonFiniteMetricError too
     sys.exit(f'error: {e}')
 
 

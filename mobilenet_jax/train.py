@@ -180,22 +180,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                        config.data.base_resolution)
   mesh = parallel.create_mesh()
   model = state_lib.model_from_config(config.model, info.num_classes)
-  checkpoint.save_config(config, workdir)
   use_ema = config.optim.ema_decay > 0
 
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = state_lib.abstract_train_state(config, model, resolution,
                                                   mesh)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-  start_step = manager.latest_step()
-  if start_step is not None:
+  if manager.latest_step() is not None:
+    start_step, state = checkpoint.restore_latest(manager, abstract_state)
     logging.info('Resuming from %s', checkpoint.checkpoint_path(workdir,
                                                                 start_step))
-    state = checkpoint.restore(manager, start_step, abstract_state)
   else:
     start_step = 0
     state = _initial_state(config, model, rng, resolution, mesh, use_ema,
                            abstract_state.params)
+  # Only now, with the config checked and the state restored or created.
+  checkpoint.save_config(config, workdir)
 
   tx, schedule = state_lib.create_optimizer(config, abstract_state.params)
   step_fn = jax.jit(
@@ -244,10 +244,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       else:
         window_steps += 1
       is_last = step == total
+      preempted = preemption.requested or manager.reached_preemption(step)
+      saves = (_every(step, config.checkpoint_every_steps) or is_last
+               or preempted)
+      if _every(step, config.log_every_steps) or is_last or saves:
+        stacked = jax.tree.map(lambda *x: np.stack(x),
+                               *jax.device_get(pending))
+        _check_finite(stacked, step, manager.latest_step())
       if _every(step, config.log_every_steps) or is_last:
-        means = {k: float(np.mean(v)) for k, v in
-                 jax.tree.map(lambda *x: np.stack(x),
-                              *jax.device_get(pending)).items()}
+        means = {k: float(np.mean(v)) for k, v in stacked.items()}
         timing = {}
         if window_steps:
           elapsed = time.perf_counter() - window_start
@@ -257,9 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         writer.write(step, means)
         writers.console_line(step, total, means, **timing)
         pending, window_start, window_steps = [], time.perf_counter(), 0
-      preempted = preemption.requested or manager.reached_preemption(step)
-      if (_every(step, config.checkpoint_every_steps) or is_last or
-          preempted):
+      if saves:
         checkpoint.save(manager, step, state)
       if preempted:
         manager.wait_until_finished()
@@ -277,6 +280,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     manager.wait_until_finished()
     manager.close()
     writer.close()
+
+
+class NonFiniteMetricError(ValueError):
+  """A training metric became NaN or infinite: the run stops."""
+
+
+def _check_finite(metrics: dict, step: int, last_saved: int | None) -> None:
+  """Raises NonFiniteMetricError naming the first non-finite metric of the
+  steps ending at `step` (`metrics`: one value per step), so that no
+  checkpoint of a diverged state is written."""
+  for name, values in metrics.items():
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      first = step - len(values) + 1 + int(bad[0])
+      kept = ('no checkpoint was written' if last_saved is None
+              else f'the last checkpoint, step {last_saved}, is kept')
+      raise NonFiniteMetricError(
+          f'{name} is {values[bad[0]]} at step {first}: training stopped; '
+          f'{kept}')
 
 
 def _every(step: int, period: int) -> bool:

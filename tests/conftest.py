@@ -14,7 +14,8 @@ jax.distributed processes, subprocesses on fake devices). `make test-fast`
 leaves both out; `make test` runs everything.
 
 - `tiny_config` (the default config shrunk to seconds), `tiny_overrides`
-  and `main_command` (the same as `python -m mobilenet_jax.main` flags).
+  and `main_command` (the same as `python -m mobilenet_jax.main` flags);
+  `restored_state` (a workdir's saved TrainState).
 
 Test files import the helpers with `from conftest import ...` (pytest puts
 tests/ on sys.path).
@@ -104,3 +105,19 @@ def tiny_overrides(data_dir, **extra):
           'data.base_resolution': 32, 'batch_size': 8,
           'optim.schedule': 'constant', 'optim.warmup_steps': 1,
           'optim.learning_rate': 0.005, 'log_every_steps': 2, **extra}
+
+
+def restored_state(workdir, step=None):
+  """The TrainState saved in `workdir` (latest step by default)."""
+  # pylint: disable=g-import-not-at-top
+  from mobilenet_jax import checkpoint, models, parallel
+  from mobilenet_jax import state as state_lib
+  config = checkpoint.load_config(workdir)
+  model = state_lib.model_from_config(config.model, config.num_classes)
+  resolution = models.input_resolution(config.data.rho,
+                                       config.data.base_resolution)
+  abstract = state_lib.abstract_train_state(config, model, resolution,
+                                            parallel.create_mesh())
+  manager = checkpoint.create_manager(workdir, read_only=True)
+  step = manager.latest_step() if step is None else step
+  return checkpoint.restore(manager, step, abstract)

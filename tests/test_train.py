@@ -25,26 +25,8 @@ from mobilenet_jax import parallel
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import train
 
-from conftest import REPO, main_command, tiny_config, tiny_overrides
-
-
-def restored_state(workdir, step=None):
-  """The TrainState saved in `workdir` (latest step by default)."""
-  config = checkpoint.load_config(workdir)
-  info_classes = _num_classes(config)
-  model = state_lib.model_from_config(config.model, info_classes)
-  resolution = models.input_resolution(config.data.rho,
-                                       config.data.base_resolution)
-  abstract = state_lib.abstract_train_state(config, model, resolution,
-                                            parallel.create_mesh())
-  manager = checkpoint.create_manager(workdir, read_only=True)
-  step = manager.latest_step() if step is None else step
-  return checkpoint.restore(manager, step, abstract)
-
-
-def _num_classes(config):
-  from mobilenet_jax import data  # pylint: disable=g-import-not-at-top
-  return data.get_dataset_info(config.data).num_classes
+from conftest import (REPO, main_command, restored_state, tiny_config,
+                      tiny_overrides)
 
 
 def flat(tree):
@@ -71,7 +53,10 @@ def run_subprocess(command, env_extra=None, timeout=600, cwd=REPO):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['mobilenet_v1', 'mobilenet_v2',
-                                  'mobilenet_v3_large', 'mobilenet_v3_small'])
+                                  'mobilenet_v3_large', 'mobilenet_v3_small',
+                                  'mobilenet_v4_conv_small',
+                                  'mobilenet_v4_conv_medium',
+                                  'mobilenet_v4_conv_large'])
 def test_one_train_step_per_family_on_mock_data(name, tmp_path):
   config = tiny_config(None, **{'model.name': name, 'data.dataset': 'cifar10',
                                 'num_train_steps': 1, 'batch_size': 4,
