@@ -13,15 +13,13 @@ if __name__ == '__main__':
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_step_buffers_mapped()
 
+import os
+import re
 import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
-
-from mobilenet_jax import parallel
-from mobilenet_jax import train
-from mobilenet_jax import writers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
@@ -34,18 +32,57 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 flags.DEFINE_integer('process_id', None, 'This process index.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
+USAGE_ERROR = 2  # exit status of a flag or config error
+
+
+def usage_error(message: str):
+  """Exits with one line on stderr and status 2."""
+  sys.stderr.write(f'error: {" ".join(message.split())}\n')
+  sys.exit(USAGE_ERROR)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a config file's or override's error (a
+  missing file, a mistyped key: ml_collections' "Did you mean") as one
+  line instead of a traceback. Config files import no library, so this
+  happens before the heavy imports."""
+  try:
+    argv = FLAGS(argv)
+    FLAGS.config.to_dict()  # a file that failed to load raises only here
+    return argv
+  except flags.Error as e:
+    usage_error(str(e))
+  except OSError as e:
+    usage_error(f'--config: {str(e).splitlines()[-1].strip()}')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    suggestion = re.search(r'Did you mean "(.+?)" instead of "(.+?)"', str(e))
+    if suggestion:
+      usage_error(f'--config: no field "{suggestion[2]}"; did you mean '
+                  f'"{suggestion[1]}"?')
+    if isinstance(e, (AttributeError, KeyError)):
+      usage_error(f'--config: no field "{str(e).strip(chr(34) + chr(39))}"')
+    usage_error(f'--config: {e}')
+
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    usage_error(f'unexpected arguments: {argv[1:]}')
+  if os.path.isfile(FLAGS.workdir):
+    usage_error(f'--workdir {FLAGS.workdir!r} is a file, not a folder')
+  # pylint: disable=g-import-not-at-top
+  from mobilenet_jax import parallel
+  from mobilenet_jax import train
+  from mobilenet_jax import writers
   writers.quiet_orbax_info()
   parallel.initialize_distributed(FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except ValueError as e:  # train.NonFiniteMetricError too
+  except train.NonFiniteMetricError as e:
     sys.exit(f'error: {e}')
+  except ValueError as e:
+    usage_error(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,6 +1,6 @@
 """Controlling a run: Ctrl-C saves and exits like SIGTERM (twice aborts), a
-warm-up longer than the run is clamped, and throughput leaves out the
-compiling first step."""
+warm-up longer than the run is clamped, throughput leaves out the compiling
+first step, and flag or config errors are one line with exit status 2."""
 
 import json
 import os
@@ -13,13 +13,13 @@ import pytest
 from mobilenet_jax import checkpoint
 from mobilenet_jax import train
 
-from conftest import REPO, main_command, tiny_config, tiny_overrides
+from conftest import REPO, main_command, run_module, tiny_config, tiny_overrides
 
 
 def test_ctrl_c_requests_a_save_and_a_second_one_aborts():
   preemption = train._Preemption()  # pylint: disable=protected-access
   try:
-    assert signal.getsignal(signal.SIGINT) == preemption._handle  # pylint: disable=protected-access
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     os.kill(os.getpid(), signal.SIGINT)
     assert preemption.requested
     with pytest.raises(KeyboardInterrupt, match='aborted without saving'):
@@ -82,3 +82,32 @@ def test_throughput_leaves_out_the_compiling_first_step(data_dir, tmp_path,
   train_records = [r for r in records if r['split'] == 'train']
   assert 'img_per_sec' not in train_records[0]
   assert all('img_per_sec' in r for r in train_records[1:])
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--config.model.alhpa=0.3'],
+     'error: --config: no field "alhpa"; did you mean "alpha"?'),
+    (['--config=configs/does_not_exist.py'],
+     "error: --config: [Errno 2] No such file or directory: "
+     "'configs/does_not_exist.py'"),
+    (['--config.model.alpha=wide'],
+     "error: flag --config.model.alpha=wide: could not convert string to "
+     "float: 'wide'"),
+])
+def test_flag_and_config_errors_are_one_line_with_status_2(args, expected,
+                                                            tmp_path):
+  result = run_module('mobilenet_jax.main', '--config=configs/default.py',
+                      f'--workdir={tmp_path / "w"}', *args)
+  assert result.returncode == 2
+  assert result.stderr.strip() == expected  # no traceback, no log lines
+  assert not (tmp_path / 'w').exists()
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+  workdir = tmp_path / 'notes.txt'
+  workdir.write_text('mine')
+  result = run_module('mobilenet_jax.main', '--config=configs/default.py',
+                      f'--workdir={workdir}')
+  assert result.returncode == 2
+  assert result.stderr.strip().endswith('is a file, not a folder')
+  assert workdir.read_text() == 'mine'
