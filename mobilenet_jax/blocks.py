@@ -1,5 +1,6 @@
-"""The MobileNet blocks: V1's depthwise-separable pair and V2/V3's inverted
-residual. (V1's table 4 baseline uses plain `ConvBN` layers in their place.)
+"""The MobileNet blocks: V1's depthwise-separable pair, V2/V3's inverted
+residual, V4's universal inverted bottleneck and fused inverted bottleneck.
+(V1's table 4 baseline uses plain `ConvBN` layers in their place.)
 
 Each block receives an `ops.OpSet` and builds its layers through it; with
 `ops.OP_SETS['reference']` every layer is `layers.ConvBN` (plain Flax) or
@@ -66,6 +67,85 @@ class InvertedResidual(nn.Module):
     if self.se_features:
       x = self.ops.squeeze_excite(self.se_features, dtype=self.dtype,
                                   name='se')(x)
+    x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
+                         **bn)(x, train)
+    if self.strides == 1 and shortcut.shape[-1] == self.features:
+      x = x + shortcut
+    return x
+
+
+class UniversalInvertedBottleneck(nn.Module):
+  """V4's Universal Inverted Bottleneck (UIB; the paper's section 'Universal
+  Inverted Bottlenecks', its figure of the four instantiations).
+
+  Optional k x k depthwise -> BN (`start_kernel_size`, no activation), 1x1
+  expansion -> act, optional k x k depthwise -> act (`middle_kernel_size`),
+  linear 1x1 projection; identity shortcut when the stride is 1 and the
+  width is unchanged. Kernel size 0 leaves a depthwise out: middle only is
+  V2's inverted residual (IB), start only ConvNeXt-like, both ExtraDW,
+  neither an FFN. The stride sits on the middle depthwise, or on the start
+  one without it (TF Model Garden, timm). Unlike `InvertedResidual`, the
+  expansion is always there (as in both).
+  """
+  expanded: int
+  features: int
+  start_kernel_size: int = 0
+  middle_kernel_size: int = 3
+  strides: int = 1
+  activation: str = 'relu'
+  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.strides != 1 and not (self.start_kernel_size
+                                  or self.middle_kernel_size):
+      raise ValueError('strides must be 1 for a UIB without a depthwise '
+                       f'conv, got {self.strides}')
+    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+              dtype=self.dtype)
+    shortcut = x
+    if self.start_kernel_size:
+      start_strides = 1 if self.middle_kernel_size else self.strides
+      x = self.ops.conv_bn(x.shape[-1], self.start_kernel_size, start_strides,
+                           'identity', depthwise=True, name='start_depthwise',
+                           **bn)(x, train)
+    x = self.ops.conv_bn(self.expanded, 1, 1, self.activation, name='expand',
+                         **bn)(x, train)
+    if self.middle_kernel_size:
+      x = self.ops.conv_bn(self.expanded, self.middle_kernel_size,
+                           self.strides, self.activation, depthwise=True,
+                           name='depthwise', **bn)(x, train)
+    x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
+                         **bn)(x, train)
+    if self.strides == 1 and shortcut.shape[-1] == self.features:
+      x = x + shortcut
+    return x
+
+
+class FusedInvertedBottleneck(nn.Module):
+  """V4's fused inverted bottleneck (FusedIB, the Conv-M/L stems): k x k
+  expansion conv -> BN -> act, linear 1x1 projection; identity shortcut when
+  the stride is 1 and the width is unchanged."""
+  expanded: int
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  activation: str = 'relu'
+  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+              dtype=self.dtype)
+    shortcut = x
+    x = self.ops.conv_bn(self.expanded, self.kernel_size, self.strides,
+                         self.activation, name='expand', **bn)(x, train)
     x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
                          **bn)(x, train)
     if self.strides == 1 and shortcut.shape[-1] == self.features:

@@ -99,7 +99,8 @@ class Layer:
   standard_macs: what this layer costs in the network with every depthwise +
     pointwise (V1) or depthwise + projection (V2/V3) pair replaced by one
     standard convolution: the depthwise row carries that convolution, its
-    partner 0, every other layer its own `macs`.
+    partner 0, every other layer its own `macs` (V4's UIB and FusedIB blocks
+    included: the comparison is V1-V3's).
   """
   name: str
   kind: str

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 
 from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import specs
-from mobilenet_jax.blocks import DepthwiseSeparable, InvertedResidual
+from mobilenet_jax.blocks import (DepthwiseSeparable, FusedInvertedBottleneck,
+                                  InvertedResidual,
+                                  UniversalInvertedBottleneck)
 from mobilenet_jax.layers import ACTIVATIONS, make_divisible
 
 MIN_RESOLUTION = 32
@@ -29,13 +31,24 @@ REGISTRY: dict[str, specs.Architecture] = {
     'mobilenet_v3_small': specs.MOBILENET_V3_SMALL,
     'mobilenet_v3_large_minimal': specs.minimalistic(specs.MOBILENET_V3_LARGE),
     'mobilenet_v3_small_minimal': specs.minimalistic(specs.MOBILENET_V3_SMALL),
+    'mobilenet_v4_conv_small': specs.MOBILENET_V4_CONV_SMALL,
+    'mobilenet_v4_conv_medium': specs.MOBILENET_V4_CONV_MEDIUM,
+    'mobilenet_v4_conv_large': specs.MOBILENET_V4_CONV_LARGE,
+}
+
+# The block module of each `LayerPlan.kind` but 'conv' (an op set's conv_bn).
+BLOCKS = {
+    'separable': DepthwiseSeparable,
+    'inverted_residual': InvertedResidual,
+    'uib': UniversalInvertedBottleneck,
+    'fused_ib': FusedInvertedBottleneck,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
-  """One concrete layer: `kind` is 'conv', 'separable' or 'inverted_residual',
-  `args` the module's keyword arguments, `stride` its own stride."""
+  """One concrete layer: `kind` is 'conv' or a key of `BLOCKS`, `args` the
+  module's keyword arguments, `stride` its own stride."""
   name: str
   kind: str
   args: tuple  # sorted (key, value) pairs, so that plans are hashable
@@ -43,7 +56,7 @@ class LayerPlan:
 
 
 def scale_width(channels: int, alpha: float, rounding: str) -> int:
-  """The width multiplier: int(alpha * c) for V1, make_divisible for V2/V3."""
+  """The width multiplier: int(alpha * c) for V1, make_divisible for V2-V4."""
   if rounding == 'int':
     return int(channels * alpha)
   return make_divisible(channels * alpha)
@@ -67,9 +80,11 @@ def plan_layers(arch: specs.Architecture, alpha: float = 1.0,
   """Resolves a table into concrete layers (names, widths, strides).
 
   expansion (t): V2 uses it in place of the paper's t = 6 (every bottleneck
-  after the first); V3 multiplies every expansion size by it. V3 expansion
-  sizes are taken relative to the block's input width, as in the authors'
-  code, so that alpha shrinks them consistently.
+  after the first); V3 and V4 multiply every expansion size by it. V3 and V4
+  expansion sizes are taken relative to the block's input width, as in the
+  authors' code, so that alpha shrinks them consistently: V4's expanded
+  width is make_divisible(input width * ratio * t), timm's and TF Model
+  Garden's rounding at t = 1.
   """
   layers = []
   paper_width, width = in_channels, in_channels
@@ -111,6 +126,16 @@ def plan_layers(arch: specs.Architecture, alpha: float = 1.0,
           kernel_size=row.kernel, strides=row.stride,
           activation=row.activation,
           se_features=make_divisible(expanded / 4) if row.se else None)
+    elif isinstance(row, (specs.FusedIB, specs.UIB)):
+      out = scale_width(row.out, alpha, arch.rounding)
+      expanded = make_divisible(width * row.exp * (expansion or 1.0))
+      block = dict(expanded=expanded, features=out, strides=row.stride,
+                   activation=specs.V4_ACTIVATION)
+      if isinstance(row, specs.FusedIB):
+        add('fused_ib', row.stride, kernel_size=row.kernel, **block)
+      else:
+        add('uib', row.stride, start_kernel_size=row.start,
+            middle_kernel_size=row.middle, **block)
     else:
       raise TypeError(f'unknown architecture row {row!r}')
     paper_width, width = row.out, out
@@ -153,11 +178,8 @@ class MobileNet(nn.Module):
       args = dict(layer.args)
       if layer.kind == 'conv':
         x = op_set.conv_bn(name=layer.name, **args, **bn)(x, train)
-      elif layer.kind == 'separable':
-        x = DepthwiseSeparable(ops=op_set, name=layer.name, **args, **bn)(
-            x, train)
       else:
-        x = InvertedResidual(ops=op_set, name=layer.name, **args, **bn)(
+        x = BLOCKS[layer.kind](ops=op_set, name=layer.name, **args, **bn)(
             x, train)
       stride *= layer.stride
       if stride in FEATURE_STRIDES:
@@ -171,8 +193,12 @@ class MobileNet(nn.Module):
       width = self.head.features
       if self.alpha > 1:
         width = make_divisible(width * self.alpha)
-      x = nn.Dense(width, dtype=self.dtype, name='head')(x)
-      x = ACTIVATIONS[self.head.activation](x)
+      if self.head.batch_norm:
+        x = op_set.conv_bn(width, 1, 1, self.head.activation, name='head',
+                           **bn)(x[:, None, None, :], train)[:, 0, 0]
+      else:
+        x = nn.Dense(width, dtype=self.dtype, name='head')(x)
+        x = ACTIVATIONS[self.head.activation](x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
     return x.astype(jnp.float32)
@@ -190,13 +216,13 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
     name: one of `REGISTRY`.
     num_classes: classifier width.
     alpha: width multiplier (> 0); see docs/design.md for each family's rounding.
-    expansion: the expansion factor t (V2: replaces t = 6; V3: scales every
+    expansion: the expansion factor t (V2: replaces t = 6; V3, V4: scale every
       expansion size); None keeps the paper's. V1 has none.
     dropout_rate: dropout before the classifier.
     dtype: compute dtype ('float32' or 'bfloat16'); parameters, BatchNorm
       statistics and logits stay float32.
     bn_momentum: BatchNorm decay; None takes the family's reference value
-      (V1 0.99, V2/V3 0.999).
+      (V1 0.99, V2/V3 0.999, V4 0.99).
     bn_epsilon: BatchNorm epsilon.
     include_top: False returns pooled features instead of logits.
     features_only: return {stride: feature map} for strides 4, 8, 16, 32.

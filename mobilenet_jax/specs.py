@@ -55,17 +55,45 @@ class Bneck:
 
 
 @dataclasses.dataclass(frozen=True)
+class FusedIB:
+  """V4 'FusedIB' row (the paper's appendix tables): a k x k expansion conv
+  to `exp` times the input width -> act, then a linear 1x1 projection to
+  `out`; no depthwise conv."""
+  kernel: int
+  exp: float
+  out: int
+  stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UIB:
+  """V4 Universal Inverted Bottleneck row (the paper's section 'Universal
+  Inverted Bottlenecks' and its appendix tables): optional `start` k x k
+  depthwise, 1x1 expansion to `exp` times the input width, optional
+  `middle` k x k depthwise, linear 1x1 projection to `out`. A kernel of 0
+  leaves that depthwise out: middle only is IB (V2's inverted residual),
+  start only ConvNeXt-like, both ExtraDW, neither FFN."""
+  start: int
+  middle: int
+  exp: float
+  out: int
+  stride: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Head:
-  """What follows global pooling. `features`: V3's 1x1 conv without BN
-  (applied to a 1x1 map, so a Dense), not shrunk for alpha < 1."""
+  """What follows global pooling. `features`: a 1x1 conv applied to the
+  pooled 1x1 map, not shrunk for alpha < 1; V3's has a bias and no BN (so a
+  Dense), V4's (`batch_norm`) no bias and a BatchNorm."""
   features: int | None = None
   activation: str = 'identity'
+  batch_norm: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
   """A paper table plus the family's width rounding ('int' for V1: int(alpha
-  * c); 'divisible' for V2/V3: make_divisible(alpha * c, 8)), its BatchNorm
+  * c); 'divisible' for V2-V4: make_divisible(alpha * c, 8)), its BatchNorm
   decay and the row kind that carries the expansion factor."""
   rows: tuple
   head: Head
@@ -168,6 +196,117 @@ MOBILENET_V3_SMALL = Architecture(
     head=Head(1024, _HS),
     rounding='divisible',
     bn_momentum=0.999,
+    has_expansion=True,
+)
+
+
+# MobileNetV4 convolutional models: the paper's appendix tables (MNv4-Conv-S,
+# -M, -L), with the layer lists of the authors' TF Model Garden code and of
+# timm (`mobilenetv4_conv_*`): the released models, whose sizes the paper's
+# printed figures do not all match (README, Costs). ReLU throughout (the
+# UIB and FusedIB rows' activation, `V4_ACTIVATION`); expansion ratios are
+# relative to the block's input width, as in both codebases. The stem is not
+# shrunk for alpha < 1 (timm's `fix_stem`); the 960-wide last 1x1 conv scales
+# with alpha. The head is a 1x1 conv to 1280 with BatchNorm after pooling.
+# BatchNorm decay 0.99 by default; the ImageNet configs set the authors'
+# training values (0.95 for Conv-S, 0.997 for Conv-M/L).
+V4_ACTIVATION = _RE
+
+MOBILENET_V4_CONV_SMALL = Architecture(
+    rows=(
+        Conv(3, 32, 2, _RE, width='not_shrunk'),
+        Conv(3, 32, 2, _RE),
+        Conv(1, 32, 1, _RE),
+        Conv(3, 96, 2, _RE),
+        Conv(1, 64, 1, _RE),
+        UIB(5, 5, 3, 96, 2),
+        UIB(0, 3, 2, 96, 1),
+        UIB(0, 3, 2, 96, 1),
+        UIB(0, 3, 2, 96, 1),
+        UIB(0, 3, 2, 96, 1),
+        UIB(3, 0, 4, 96, 1),
+        UIB(3, 3, 6, 128, 2),
+        UIB(5, 5, 4, 128, 1),
+        UIB(0, 5, 4, 128, 1),
+        UIB(0, 5, 3, 128, 1),
+        UIB(0, 3, 4, 128, 1),
+        UIB(0, 3, 4, 128, 1),
+        Conv(1, 960, 1, _RE),
+    ),
+    head=Head(1280, _RE, batch_norm=True),
+    rounding='divisible',
+    bn_momentum=0.99,
+    has_expansion=True,
+)
+
+MOBILENET_V4_CONV_MEDIUM = Architecture(
+    rows=(
+        Conv(3, 32, 2, _RE, width='not_shrunk'),
+        FusedIB(3, 4, 48, 2),
+        UIB(3, 5, 4, 80, 2),
+        UIB(3, 3, 2, 80, 1),
+        UIB(3, 5, 6, 160, 2),
+        UIB(3, 3, 4, 160, 1),
+        UIB(3, 3, 4, 160, 1),
+        UIB(3, 5, 4, 160, 1),
+        UIB(3, 3, 4, 160, 1),
+        UIB(3, 0, 4, 160, 1),
+        UIB(0, 0, 2, 160, 1),
+        UIB(3, 0, 4, 160, 1),
+        UIB(5, 5, 6, 256, 2),
+        UIB(5, 5, 4, 256, 1),
+        UIB(3, 5, 4, 256, 1),
+        UIB(3, 5, 4, 256, 1),
+        UIB(0, 0, 4, 256, 1),
+        UIB(3, 0, 4, 256, 1),
+        UIB(3, 5, 2, 256, 1),
+        UIB(5, 5, 4, 256, 1),
+        UIB(0, 0, 4, 256, 1),
+        UIB(0, 0, 4, 256, 1),
+        UIB(5, 0, 2, 256, 1),
+        Conv(1, 960, 1, _RE),
+    ),
+    head=Head(1280, _RE, batch_norm=True),
+    rounding='divisible',
+    bn_momentum=0.99,
+    has_expansion=True,
+)
+
+MOBILENET_V4_CONV_LARGE = Architecture(
+    rows=(
+        Conv(3, 24, 2, _RE, width='not_shrunk'),
+        FusedIB(3, 4, 48, 2),
+        UIB(3, 5, 4, 96, 2),
+        UIB(3, 3, 4, 96, 1),
+        UIB(3, 5, 4, 192, 2),
+        UIB(3, 3, 4, 192, 1),
+        UIB(3, 3, 4, 192, 1),
+        UIB(3, 3, 4, 192, 1),
+        UIB(3, 5, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        UIB(3, 0, 4, 192, 1),
+        UIB(5, 5, 4, 512, 2),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 3, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 3, 4, 512, 1),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        Conv(1, 960, 1, _RE),
+    ),
+    head=Head(1280, _RE, batch_norm=True),
+    rounding='divisible',
+    bn_momentum=0.99,
     has_expansion=True,
 )
 

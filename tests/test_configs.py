@@ -14,6 +14,9 @@ from configs import imagenet_mobilenet_v1
 from configs import imagenet_mobilenet_v2
 from configs import imagenet_mobilenet_v3_large
 from configs import imagenet_mobilenet_v3_small
+from configs import imagenet_mobilenet_v4_conv_large
+from configs import imagenet_mobilenet_v4_conv_medium
+from configs import imagenet_mobilenet_v4_conv_small
 from configs import tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +44,10 @@ def test_loading_a_config_imports_no_jax_tensorflow_or_optax(name):
 @pytest.mark.parametrize('get_config', [
     imagenet_mobilenet_v1.get_config, imagenet_mobilenet_v2.get_config,
     imagenet_mobilenet_v3_large.get_config,
-    imagenet_mobilenet_v3_small.get_config])
+    imagenet_mobilenet_v3_small.get_config,
+    imagenet_mobilenet_v4_conv_small.get_config,
+    imagenet_mobilenet_v4_conv_medium.get_config,
+    imagenet_mobilenet_v4_conv_large.get_config])
 def test_imagenet_recipes_are_hardware_neutral(get_config):
   config = get_config()
   assert (config.model.dtype, config.model.ops) == (

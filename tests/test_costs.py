@@ -26,6 +26,10 @@ def profile(name, alpha=1.0, resolution=224):
     ('mobilenet_v2', 3_504_872, 34_112),
     ('mobilenet_v3_large', 5_483_032, 24_400),
     ('mobilenet_v3_small', 2_542_856, 12_112),
+    # timm 1.0.31 `mobilenetv4_conv_*`, pretrained=False (no MQA blocks).
+    ('mobilenet_v4_conv_small', 3_774_024, 25_088),
+    ('mobilenet_v4_conv_medium', 9_715_512, 67_904),
+    ('mobilenet_v4_conv_large', 32_590_864, 149_552),
 ])
 def test_parameter_and_batch_stat_counts(name, params, batch_stats):
   p = profile(name)
@@ -44,7 +48,8 @@ def test_parameter_and_batch_stat_counts(name, params, batch_stats):
 
 
 # Millions of multiply-adds: V1 paper tables 6/7 (within 1%); TF-slim's
-# V2 table and the V3 paper's table 3 (within 2%).
+# V2 table and the V3 paper's table 3 (within 2%); timm 1.0.31's V4 counts
+# at each model's resolution (within 0.5%).
 @pytest.mark.parametrize('name, alpha, resolution, millions, rel', [
     ('mobilenet_v1', 1.0, 224, 569, 0.01),
     ('mobilenet_v1', 1.0, 192, 418, 0.01),
@@ -62,6 +67,9 @@ def test_parameter_and_batch_stat_counts(name, params, batch_stats):
     ('mobilenet_v3_large', 1.0, 224, 219, 0.02),  # paper
     ('mobilenet_v3_large', 1.0, 224, 217, 0.02),  # TF-slim
     ('mobilenet_v3_small', 1.0, 224, 56, 0.02),
+    ('mobilenet_v4_conv_small', 1.0, 224, 186.0, 0.005),
+    ('mobilenet_v4_conv_medium', 1.0, 256, 1080.2, 0.005),
+    ('mobilenet_v4_conv_large', 1.0, 384, 6376.2, 0.005),
 ])
 def test_macs_match_published(name, alpha, resolution, millions, rel):
   macs = profile(name, alpha, resolution).macs
@@ -200,6 +208,14 @@ def test_cli_json_is_one_object_with_the_totals():
   assert (summary['params'], summary['batch_stats']) == (3_504_872, 34_112)
   assert summary['macs'] / 1e6 == pytest.approx(221, rel=0.02)
   assert isinstance(summary['macs'], int)
+
+
+def test_cli_profiles_v4():
+  result = run_profile('--model=mobilenet_v4_conv_small', '--json')
+  assert result.returncode == 0, result.stderr
+  summary = json.loads(result.stdout)
+  assert (summary['params'], summary['batch_stats']) == (3_774_024, 25_088)
+  assert summary['macs'] / 1e6 == pytest.approx(186.0, rel=0.005)
 
 
 def test_cli_bad_input_exits_with_one_line_message():

@@ -110,7 +110,8 @@ def test_pointwise_conv_bn_folds_expansions_and_matches_two_layers(
 # and a minimal V3 included; the quickest to compile stays in the fast suite.
 FAMILIES = [pytest.param(name, marks=pytest.mark.slow) for name in (
     'mobilenet_v1', 'mobilenet_v1_standard', 'mobilenet_v2',
-    'mobilenet_v3_large', 'mobilenet_v3_small')] + [
+    'mobilenet_v3_large', 'mobilenet_v3_small', 'mobilenet_v4_conv_small',
+    'mobilenet_v4_conv_medium')] + [
         'mobilenet_v3_small_minimal']
 NUM_CLASSES = 5
 

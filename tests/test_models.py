@@ -49,6 +49,47 @@ V3_TABLES = {
     'mobilenet_v3_large': (V3_LARGE_ROWS, 960, 1280),
     'mobilenet_v3_small': (V3_SMALL_ROWS, 576, 1024),
 }
+# V4 appendix tables (MNv4-Conv-S/M/L) as the TF Model Garden and timm layer
+# lists give them: one entry per layer after the 3x3 stride-2 stem, as
+# (kind, start dw kernel, middle dw kernel, expansion ratio, out, stride);
+# 'conv' rows carry (kernel, None, None, out, stride). Each model ends in a
+# 1x1 conv to 960 and a 1280-wide head.
+_UIB = 'uib'
+V4_STEMS = {'mobilenet_v4_conv_small': 32, 'mobilenet_v4_conv_medium': 32,
+            'mobilenet_v4_conv_large': 24}
+V4_TABLES = {
+    'mobilenet_v4_conv_small': [
+        ('conv', 3, None, None, 32, 2), ('conv', 1, None, None, 32, 1),
+        ('conv', 3, None, None, 96, 2), ('conv', 1, None, None, 64, 1),
+        (_UIB, 5, 5, 3, 96, 2), *[(_UIB, 0, 3, 2, 96, 1)] * 4,
+        (_UIB, 3, 0, 4, 96, 1),
+        (_UIB, 3, 3, 6, 128, 2), (_UIB, 5, 5, 4, 128, 1),
+        (_UIB, 0, 5, 4, 128, 1), (_UIB, 0, 5, 3, 128, 1),
+        *[(_UIB, 0, 3, 4, 128, 1)] * 2],
+    'mobilenet_v4_conv_medium': [
+        ('fused_ib', 3, None, 4, 48, 2),
+        (_UIB, 3, 5, 4, 80, 2), (_UIB, 3, 3, 2, 80, 1),
+        (_UIB, 3, 5, 6, 160, 2), *[(_UIB, 3, 3, 4, 160, 1)] * 2,
+        (_UIB, 3, 5, 4, 160, 1), (_UIB, 3, 3, 4, 160, 1),
+        (_UIB, 3, 0, 4, 160, 1), (_UIB, 0, 0, 2, 160, 1),
+        (_UIB, 3, 0, 4, 160, 1),
+        (_UIB, 5, 5, 6, 256, 2), (_UIB, 5, 5, 4, 256, 1),
+        *[(_UIB, 3, 5, 4, 256, 1)] * 2, (_UIB, 0, 0, 4, 256, 1),
+        (_UIB, 3, 0, 4, 256, 1), (_UIB, 3, 5, 2, 256, 1),
+        (_UIB, 5, 5, 4, 256, 1), *[(_UIB, 0, 0, 4, 256, 1)] * 2,
+        (_UIB, 5, 0, 2, 256, 1)],
+    'mobilenet_v4_conv_large': [
+        ('fused_ib', 3, None, 4, 48, 2),
+        (_UIB, 3, 5, 4, 96, 2), (_UIB, 3, 3, 4, 96, 1),
+        (_UIB, 3, 5, 4, 192, 2), *[(_UIB, 3, 3, 4, 192, 1)] * 3,
+        (_UIB, 3, 5, 4, 192, 1), *[(_UIB, 5, 3, 4, 192, 1)] * 5,
+        (_UIB, 3, 0, 4, 192, 1),
+        (_UIB, 5, 5, 4, 512, 2), *[(_UIB, 5, 5, 4, 512, 1)] * 3,
+        (_UIB, 5, 0, 4, 512, 1), (_UIB, 5, 3, 4, 512, 1),
+        *[(_UIB, 5, 0, 4, 512, 1)] * 2, (_UIB, 5, 3, 4, 512, 1),
+        (_UIB, 5, 5, 4, 512, 1), *[(_UIB, 5, 0, 4, 512, 1)] * 3],
+}
+V4_NAMES = sorted(V4_TABLES)
 
 
 def _abstract(name, height=224, width=224, batch=2, **kwargs):
@@ -76,6 +117,8 @@ def _last_width(name, alpha):
     return int(1024 * alpha)
   if name == 'mobilenet_v2':
     return 1280 if alpha <= 1 else _make_divisible(1280 * alpha)
+  if name in V4_TABLES:  # the 960-wide last 1x1 conv scales with alpha
+    return _make_divisible(960 * alpha)
   # V3: the last 1x1 conv scales with its input, like an expansion size
   # (Keras: 6 x the rounded last bneck width).
   rows, last, _ = V3_TABLES[name.replace('_minimal', '')]
@@ -102,7 +145,8 @@ POOLED_WIDTHS = {
     'mobilenet_v1': 1024, 'mobilenet_v1_standard': 1024,
     'mobilenet_v2': 1280, 'mobilenet_v3_large': 960,
     'mobilenet_v3_small': 576, 'mobilenet_v3_large_minimal': 960,
-    'mobilenet_v3_small_minimal': 576}
+    'mobilenet_v3_small_minimal': 576, 'mobilenet_v4_conv_small': 960,
+    'mobilenet_v4_conv_medium': 960, 'mobilenet_v4_conv_large': 960}
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -135,6 +179,9 @@ FEATURE_WIDTHS = {
     'mobilenet_v3_small': (16, 24, 48, 576),
     'mobilenet_v3_large_minimal': (24, 40, 112, 960),
     'mobilenet_v3_small_minimal': (16, 24, 48, 576),
+    'mobilenet_v4_conv_small': (32, 64, 96, 960),
+    'mobilenet_v4_conv_medium': (48, 80, 160, 960),
+    'mobilenet_v4_conv_large': (48, 96, 192, 960),
 }
 
 
@@ -292,6 +339,78 @@ def test_v3_literal_widths():
       1, 1, 16, 128)
 
 
+@pytest.mark.parametrize('name', V4_NAMES)
+@pytest.mark.parametrize('alpha, expansion', [(1.0, None), (0.5, None),
+                                              (1.5, 2)])
+def test_v4_widths_follow_the_tables(name, alpha, expansion):
+  """Every layer's kernel shape from the table: alpha scales each width with
+  make_divisible, the stem only for alpha > 1; the expanded width is
+  make_divisible(input width * ratio * t); the 1280 head is not shrunk."""
+  params = _params(name, alpha=alpha, expansion=expansion)
+  stem = V4_STEMS[name]
+  width = stem if alpha <= 1 else _make_divisible(stem * alpha)
+  assert params['stem']['conv']['kernel'].shape == (3, 3, 3, width)
+  for i, (kind, start, middle, ratio, out, _) in enumerate(V4_TABLES[name],
+                                                          start=1):
+    block, out = params[f'block_{i}'], _make_divisible(out * alpha)
+    if kind == 'conv':
+      assert block['conv']['kernel'].shape == (start, start, width, out), i
+      width = out
+      continue
+    expanded = _make_divisible(width * ratio * (expansion or 1))
+    kernel = start if kind == 'fused_ib' else 1
+    assert block['expand']['conv']['kernel'].shape == (
+        kernel, kernel, width, expanded), i
+    if kind == _UIB and start:
+      assert block['start_depthwise']['conv']['kernel'].shape == (
+          start, start, 1, width), i
+    if kind == _UIB and middle:
+      assert block['depthwise']['conv']['kernel'].shape == (
+          middle, middle, 1, expanded), i
+    names = {'expand', 'project'}
+    if kind == _UIB and start:
+      names.add('start_depthwise')
+    if kind == _UIB and middle:
+      names.add('depthwise')
+    assert set(block) == names, i
+    assert block['project']['conv']['kernel'].shape == (
+        1, 1, expanded, out), i
+    width = out
+  last = params[f'block_{len(V4_TABLES[name]) + 1}']['conv']['kernel']
+  assert last.shape == (1, 1, width, _last_width(name, alpha))
+  head = 1280 if alpha <= 1 else _make_divisible(1280 * alpha)
+  # The head: a 1x1 conv (no bias) + BatchNorm on the pooled map.
+  assert params['head']['conv']['kernel'].shape == (
+      1, 1, last.shape[-1], head)
+  assert set(params['head']) == {'conv', 'bn'}
+  assert params['classifier']['kernel'].shape == (head, 1000)
+
+
+@pytest.mark.parametrize('name', V4_NAMES)
+def test_v4_block_output_shapes_and_strides(name):
+  """Each block's output map at 224 px: side 224 / (product of strides so
+  far), width from the table."""
+  model = models.create_model(name, ops='reference')
+  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, capture_intermediates=True,
+                               mutable=['intermediates']), variables, images)
+  acts = state['intermediates']
+  rows = [('conv', 3, None, None, V4_STEMS[name], 2), *V4_TABLES[name],
+          ('conv', 1, None, None, 960, 1)]
+  side, width = 224, 3
+  plan = models.plan_layers(models.REGISTRY[name])
+  assert len(plan) == len(rows)
+  for layer, (kind, *_, out, stride) in zip(plan, rows):
+    side //= stride
+    assert layer.kind == kind and layer.stride == stride, layer.name
+    assert acts[layer.name]['__call__'][0].shape == (1, side, side, out), (
+        layer.name)
+    width = out
+  assert side == 7 and width == 960
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_plan_strides_match_the_papers(name):
   if name in V1_NAMES:
@@ -299,6 +418,8 @@ def test_plan_strides_match_the_papers(name):
   elif name == 'mobilenet_v2':
     expected = [2] + [s if i == 0 else 1 for _, _, n, s in V2_ROWS
                       for i in range(n)] + [1]
+  elif name in V4_TABLES:
+    expected = [2] + [row[-1] for row in V4_TABLES[name]] + [1]
   else:
     rows, _, _ = V3_TABLES[name.replace('_minimal', '')]
     expected = [2] + [row[-1] for row in rows] + [1]
@@ -543,10 +664,11 @@ def test_bad_dropout_rate(rate):
 
 def test_batch_norm_defaults_follow_keras():
   # Keras Applications: V1 momentum 0.99 (the Keras default), V2 and V3
-  # 0.999; epsilon 1e-3 everywhere.
+  # 0.999; V4 0.99 (TF Model Garden); epsilon 1e-3 everywhere.
   for name in NAMES:
     model = models.create_model(name)
-    assert model.bn_momentum == (0.99 if name in V1_NAMES else 0.999), name
+    assert model.bn_momentum == (
+        0.99 if name in V1_NAMES + V4_NAMES else 0.999), name
     assert model.bn_epsilon == 1e-3
   assert models.create_model('mobilenet_v2', bn_momentum=0.9).bn_momentum == 0.9
 

@@ -17,6 +17,7 @@ from configs import default
 from configs import imagenet_mobilenet_v1
 from configs import imagenet_mobilenet_v2
 from configs import imagenet_mobilenet_v3_large
+from configs import imagenet_mobilenet_v4_conv_medium
 from mobilenet_jax import checkpoint
 from mobilenet_jax import hyper
 from mobilenet_jax import models
@@ -87,7 +88,7 @@ def test_v1_grid_is_tables_6_and_7():
   assert len({(run['model.alpha'], run['data.rho']) for run in runs}) == 16
 
 
-def test_v2_and_v3_sweep_files():
+def test_v2_v3_and_v4_sweep_files():
   v2 = sweep.load_sweep(os.path.join(SWEEPS, 'v2_expansion.py')).runs
   assert [run['model.expansion'] for run in v2] == [1, 2, 4, 6, 8]
   v3 = sweep.load_sweep(os.path.join(SWEEPS, 'v3_width.py')).runs
@@ -95,6 +96,11 @@ def test_v2_and_v3_sweep_files():
       (name, alpha) for name in ('mobilenet_v3_large', 'mobilenet_v3_small')
       for alpha in (0.75, 1.0, 1.25)}
   assert not any('model.expansion' in run for run in v3)
+  v4 = sweep.load_sweep(os.path.join(SWEEPS, 'v4_width.py')).runs
+  assert {(run['model.name'], run['model.alpha']) for run in v4} == {
+      (f'mobilenet_v4_conv_{size}', alpha)
+      for size in ('small', 'medium', 'large') for alpha in (0.5, 0.75, 1.0)}
+  assert not any('model.expansion' in run for run in v4)
 
 
 @pytest.mark.parametrize('sweep_file, recipe', [
@@ -102,6 +108,7 @@ def test_v2_and_v3_sweep_files():
     ('v1_separable_vs_standard.py', imagenet_mobilenet_v1.get_config),
     ('v2_expansion.py', imagenet_mobilenet_v2.get_config),
     ('v3_width.py', imagenet_mobilenet_v3_large.get_config),
+    ('v4_width.py', imagenet_mobilenet_v4_conv_medium.get_config),
 ])
 def test_sweep_files_apply_to_offline_and_imagenet_configs(sweep_file, recipe):
   runs = sweep.load_sweep(os.path.join(SWEEPS, sweep_file)).runs
