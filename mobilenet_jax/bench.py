@@ -1,5 +1,5 @@
 r"""Throughput benchmark: images per second of training or inference steps,
-or of the training input pipeline alone.
+of the training input pipeline alone, or latency of an exported model.
 
   python -m mobilenet_jax.bench --model=mobilenet_v2 [--alpha=1.0] \
       [--resolution=224] [--batch_size=32] [--dtype=float32|bfloat16] \
@@ -7,6 +7,8 @@ or of the training input pipeline alone.
       [--trace_dir=DIR] [--json]
   python -m mobilenet_jax.bench --data [--dataset=shapes] [--data_dir=...] \
       [--resolution=224] [--batch_size=32] [--steps=10] [--warmup=2] [--json]
+  python -m mobilenet_jax.bench --tflite=PATH [--threads=1] [--steps=30] \
+      [--warmup=2] [--json]
 
 Each step runs on a fresh random batch (made on the device before the clock
 starts) and is timed on its own up to `jax.block_until_ready`; the report
@@ -23,6 +25,11 @@ glibc's malloc tunables and runs its steps on the calling thread
 With `--data`, each step is one host batch from `data.create_train_iterator`
 (decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
 the time to the first batch (preparing the dataset, filling the cache).
+
+With `--tflite`, each step is one `invoke()` of an exported model
+(`mobilenet_jax.export`) on the LiteRT interpreter (XNNPACK, `threads`
+threads) on one random image, the latency on a phone-like batch of 1; the
+default is 30 timed steps.
 
 `--trace_dir` also traces the timed steps with `jax.profiler` and reports
 their time per layer kind and pass (`mobilenet_jax.step_profile`).
@@ -54,6 +61,7 @@ import numpy as np
 from configs import imagenet_mobilenet_v2
 from mobilenet_jax import data
 from mobilenet_jax import host_memory
+from mobilenet_jax import litert
 from mobilenet_jax import models
 from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import optim
@@ -246,6 +254,35 @@ def benchmark_data(dataset: str = 'shapes', *, data_dir: str | None = None,
   }
 
 
+def benchmark_tflite(tflite_path: str, *, threads: int = 1, steps: int = 30,
+                     warmup: int = 2, seed: int = 0) -> dict:
+  """Times `steps` single-image `invoke()`s of a .tflite model (after
+  `warmup` more) on the LiteRT interpreter with `threads` threads."""
+  _check_counts(steps, warmup, 1)
+  if threads < 1:
+    raise ValueError(f'threads must be >= 1, got {threads}')
+  interpreter = litert.load(tflite_path, threads=threads)
+  (detail,) = interpreter.get_input_details()
+  if detail['dtype'] == np.float32:
+    image = np.random.default_rng(seed).standard_normal(detail['shape'])
+  else:
+    image = np.random.default_rng(seed).integers(-128, 128, detail['shape'])
+  interpreter.set_tensor(detail['index'], image.astype(detail['dtype']))
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    interpreter.invoke()
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return {
+      'tflite': tflite_path, 'threads': threads,
+      'resolution': int(detail['shape'][1]),
+      'input_dtype': np.dtype(detail['dtype']).name,
+      'steps': steps, 'warmup': warmup, **summarize(times, 1),
+      'size_bytes': os.path.getsize(tflite_path),
+  }
+
+
 def _print_timing(result):
   print(f"  {result['img_per_sec']:.1f} img/s; step "
         f"{result['step_ms_median']:.1f} ms median (min "
@@ -284,7 +321,8 @@ def define_flags() -> None:
                     'train: a full train step; infer: a forward pass.')
   flags.DEFINE_enum('ops', 'auto', ops_lib.NAMES,
                     'Op set computing the layers (see mobilenet_jax.ops).')
-  flags.DEFINE_integer('steps', 10, 'Timed steps (>= 5).')
+  flags.DEFINE_integer('steps', None, 'Timed steps (>= 5; default 10, with '
+                       '--tflite 30).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
   flags.DEFINE_integer('seed', 0, 'Seed of parameters and inputs.')
   flags.DEFINE_bool(
@@ -293,6 +331,9 @@ def define_flags() -> None:
                       'With --data: tfds name or folder:/path.')
   flags.DEFINE_string('data_dir', None, 'With --data: tfds data directory.')
   flags.DEFINE_string('split', 'train', 'With --data: the split.')
+  flags.DEFINE_string('tflite', None, 'Time one image through this exported '
+                      'model on the LiteRT interpreter instead.')
+  flags.DEFINE_integer('threads', 1, 'With --tflite: interpreter threads.')
   flags.DEFINE_string(
       'trace_dir', None, 'Trace the timed steps with jax.profiler into this '
       'directory and report their time per layer kind and pass.')
@@ -302,25 +343,34 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if FLAGS.data == (FLAGS.model is not None):
-    raise app.UsageError('give exactly one of --model and --data')
+  if sum([FLAGS.model is not None, FLAGS.data, FLAGS.tflite is not None]) != 1:
+    raise app.UsageError('give exactly one of --model, --data and --tflite')
   # Libraries' own prints (tfds preparing a dataset) go to stderr, so that
   # stdout holds the result alone.
   with contextlib.redirect_stdout(sys.stderr):
-    if FLAGS.data:
+    if FLAGS.tflite:
+      result = benchmark_tflite(
+          FLAGS.tflite, threads=FLAGS.threads, steps=FLAGS.steps or 30,
+          warmup=FLAGS.warmup, seed=FLAGS.seed)
+    elif FLAGS.data:
       result = benchmark_data(
           FLAGS.dataset, data_dir=FLAGS.data_dir, split=FLAGS.split,
           resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
-          steps=FLAGS.steps, warmup=FLAGS.warmup, seed=FLAGS.seed)
+          steps=FLAGS.steps or 10, warmup=FLAGS.warmup, seed=FLAGS.seed)
     else:
       result = benchmark_model(
           FLAGS.model, alpha=FLAGS.alpha, resolution=FLAGS.resolution,
           batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, mode=FLAGS.mode,
-          ops=FLAGS.ops, steps=FLAGS.steps,
+          ops=FLAGS.ops, steps=FLAGS.steps or 10,
           warmup=FLAGS.warmup, seed=FLAGS.seed, trace_dir=FLAGS.trace_dir)
   if FLAGS.json:
     json.dump(result, sys.stdout)
     sys.stdout.write('\n')
+  elif FLAGS.tflite:
+    print(f"{result['tflite']} ({result['resolution']}px, "
+          f"{result['input_dtype']} input), batch 1, {result['threads']} "
+          f"thread(s) on the LiteRT interpreter")
+    _print_timing(result)
   elif FLAGS.data:
     print(f"{result['dataset']} {result['split']} input pipeline, "
           f"{result['resolution']}px batch {result['batch_size']}")

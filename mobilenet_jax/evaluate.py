@@ -2,12 +2,19 @@
 
   python -m mobilenet_jax.evaluate --workdir=DIR [--step=N | --all | --watch]
       [--use_ema=true|false] [--dataset=NAME] [--split=SPLIT]
+  python -m mobilenet_jax.evaluate --tflite=PATH.tflite [--dataset=NAME] \
+      [--split=SPLIT]
 
 writes DIR/eval/step_<N>.json = {"step", "top1", "top5", "loss",
 "num_examples", "ema", "checkpoint"}, the same file training's final
 evaluation writes. `--watch` is a sidecar evaluator: it polls the workdir for
 new checkpoints and exits after evaluating the final step. The work is
 `mobilenet_jax.evaluation`'s.
+
+`--tflite` evaluates an export of a workdir's checkpoint
+(`mobilenet_jax.export`) on the LiteRT interpreter, through the same
+preprocessing, and writes DIR/eval/step_<N>.tflite_<quantization>.json
+beside the JAX result (`mobilenet_jax.litert.evaluate`).
 """
 
 if __name__ == '__main__':
@@ -22,10 +29,13 @@ from absl import app
 from absl import flags
 
 from mobilenet_jax import evaluation
+from mobilenet_jax import litert
 from mobilenet_jax import writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A training workdir.')
+flags.DEFINE_string('tflite', None, 'An exported .tflite model (instead of '
+                    '--workdir).')
 flags.DEFINE_integer('step', None, 'Evaluate this step (default: latest).')
 flags.DEFINE_bool('all', False, 'Evaluate every kept checkpoint.')
 flags.DEFINE_bool('watch', False, 'Poll for new checkpoints until the final '
@@ -37,16 +47,21 @@ flags.DEFINE_enum('use_ema', None, ['true', 'false'], 'Evaluate the EMA '
                   'weights (default: when the run kept them).')
 flags.DEFINE_string('dataset', None, 'Override data.dataset.')
 flags.DEFINE_string('split', None, 'Override data.eval_split.')
-flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_orbax_info()
+  if (FLAGS.workdir is None) == (FLAGS.tflite is None):
+    sys.exit('error: give exactly one of --workdir and --tflite')
   if sum([FLAGS.step is not None, FLAGS.all, FLAGS.watch]) > 1:
     sys.exit('error: --step, --all and --watch are exclusive')
   try:
+    if FLAGS.tflite:
+      print(json.dumps(litert.evaluate(FLAGS.tflite, FLAGS.dataset,
+                                       FLAGS.split)))
+      return
     use_ema = None if FLAGS.use_ema is None else FLAGS.use_ema == 'true'
     evaluator = evaluation.Evaluator(FLAGS.workdir, use_ema, FLAGS.dataset,
                                      FLAGS.split)

@@ -40,14 +40,21 @@ def eval_step(variables, batch, *, model, num_classes):
           'top5': jnp.sum(in_top_k * mask), 'num_examples': jnp.sum(mask)}
 
 
-def evaluate_dataset(model, variables, data_config, *, global_batch_size: int,
-                     resolution: int, num_classes: int, mesh) -> dict:
-  """Evaluates `variables` on data_config.eval_split; every example once."""
-  step = jax.jit(
+def jit_eval_step(model, num_classes: int, mesh):
+  """`eval_step` jitted over `mesh` (variables replicated, batch split),
+  with the step options of the mesh's platform (`xla_options`)."""
+  return jax.jit(
       functools.partial(eval_step, model=model, num_classes=num_classes),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
       out_shardings=parallel.replicated(mesh),
-      compiler_options=xla_options.step_compiler_options())
+      compiler_options=xla_options.step_compiler_options(
+          mesh.devices.flat[0].platform))
+
+
+def evaluate_dataset(model, variables, data_config, *, global_batch_size: int,
+                     resolution: int, num_classes: int, mesh) -> dict:
+  """Evaluates `variables` on data_config.eval_split; every example once."""
+  step = jit_eval_step(model, num_classes, mesh)
   totals = None
   for batch in data.create_eval_iterator(
       data_config, global_batch_size=global_batch_size, resolution=resolution):

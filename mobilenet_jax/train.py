@@ -75,6 +75,26 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, tx,
   return new_state, metrics
 
 
+def jit_train_step(config: ml_collections.ConfigDict, model, params, mesh):
+  """`train_step` for a resolved `config`, jitted over `mesh`: the state
+  replicated and donated, the batch split over the data axis, compiled
+  with the step options of the mesh's platform (`xla_options`). `params`
+  may be shapes only."""
+  tx, schedule = state_lib.create_optimizer(config, params)
+  return jax.jit(
+      functools.partial(
+          train_step, model=model, tx=tx, schedule=schedule,
+          num_classes=config.num_classes,
+          label_smoothing=config.optim.label_smoothing,
+          ema_decay=config.optim.ema_decay,
+          frozen_backbone=config.freeze_backbone),
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+      donate_argnums=0,
+      compiler_options=xla_options.step_compiler_options(
+          mesh.devices.flat[0].platform))
+
+
 def resolve_config(config: ml_collections.ConfigDict,
                    info: data.DatasetInfo) -> ml_collections.ConfigDict:
   """Checks the config and fills in what follows from it and the data:
@@ -197,18 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Only now, with the config checked and the state restored or created.
   checkpoint.save_config(config, workdir)
 
-  tx, schedule = state_lib.create_optimizer(config, abstract_state.params)
-  step_fn = jax.jit(
-      functools.partial(
-          train_step, model=model, tx=tx, schedule=schedule,
-          num_classes=info.num_classes,
-          label_smoothing=config.optim.label_smoothing,
-          ema_decay=config.optim.ema_decay,
-          frozen_backbone=config.freeze_backbone),
-      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-      donate_argnums=0,
-      compiler_options=xla_options.step_compiler_options())
+  step_fn = jit_train_step(config, model, abstract_state.params, mesh)
 
   batches = data.create_train_iterator(
       config.data, global_batch_size=config.batch_size,

@@ -1,0 +1,287 @@
+r"""Export to LiteRT (TFLite): float, dynamic-range or full-integer int8.
+
+  python -m mobilenet_jax.export --source=DIR [--step=N] [--use_ema=true|false] \
+      [--resolution=R] [--quantize=none|dynamic|int8] [--float_io] \
+      [--calibration_examples=N] --output=PATH.tflite
+
+DIR is what `init_from` accepts: a training workdir (its latest checkpoint or
+`--step`; the EMA weights when the run kept them, unless `--use_ema=false`)
+or a `convert` output. The network is the `reference` op set traced by
+jax2tf (StableHLO) into a `tf.function` of one fixed [1, R, R, 3] float32
+input (a polymorphic batch loses the converter's fusions), then TF's
+TFLiteConverter with builtin ops only: BatchNorm folds into the
+convolutions, depthwise convolutions become DEPTHWISE_CONV_2D, hard-swish
+HARD_SWISH. R defaults to the run's resolution (224 for a converted model).
+
+Quantization: `dynamic` stores int8 weights (float activations); `int8` is
+full-integer, calibrated on the first `calibration_examples` of the run's
+training split through its eval preprocessing, with int8 input and output
+(float32 with `--float_io`). A converted model has no data, so no `int8`.
+
+Writes PATH.tflite and PATH.json = {"model", "alpha", "expansion",
+"num_classes", "resolution", "mean", "std", "quantization", "float_io",
+"calibration_examples", "source", "checkpoint", "step", "ema",
+"size_bytes", "op_counts"} (`step` None for a converted model), both via
+temporary files renamed at the end: an error writes nothing.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+import jax
+from jax.experimental import jax2tf
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from etils import epath
+
+from mobilenet_jax import checkpoint
+from mobilenet_jax import data
+from mobilenet_jax import evaluation
+from mobilenet_jax import litert
+from mobilenet_jax import models
+from mobilenet_jax import pretrained
+from mobilenet_jax import writers
+
+QUANTIZATIONS = ('none', 'dynamic', 'int8')
+# Keras Applications weights (what `convert` reads) expect inputs in [-1, 1].
+CONVERTED_MEAN = CONVERTED_STD = (0.5, 0.5, 0.5)
+CONVERTED_RESOLUTION = 224
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Variables to export and what they were trained with.
+
+  model_kwargs: `models.create_model` keywords (name, alpha, expansion,
+    num_classes). data_config: the run's `config.data` (None for a
+    converted model). step: the checkpoint's step (None: converted).
+  """
+  model_kwargs: dict
+  variables: dict
+  resolution: int
+  mean: tuple
+  std: tuple
+  data_config: ml_collections.ConfigDict | None
+  checkpoint: str
+  step: int | None
+  ema: bool
+
+
+def load_source(directory: str, step: int | None = None,
+                use_ema: bool | None = None) -> Source:
+  """The variables of a training workdir (latest or `step`; EMA by default
+  when the run kept it) or of a converted-model folder; a one-line
+  ValueError naming `source` or `step` for anything else."""
+  path = epath.Path(directory)
+  if (path / pretrained.MODEL_FILE).exists():
+    if step is not None:
+      raise ValueError(f'step: {directory!r} is a converted model, which has '
+                       'no steps')
+    model_kwargs, variables = pretrained.load_converted(directory)
+    return Source(model_kwargs={**model_kwargs, 'expansion': None},
+                  variables=variables, resolution=CONVERTED_RESOLUTION,
+                  mean=CONVERTED_MEAN, std=CONVERTED_STD, data_config=None,
+                  checkpoint=os.fspath(checkpoint.absolute_path(directory)),
+                  step=None, ema=False)
+  if not (path / checkpoint.CONFIG_FILE).exists():
+    raise ValueError(f'source: {directory!r} is neither a training workdir '
+                     f'(no {checkpoint.CONFIG_FILE}) nor a converted model '
+                     f'(no {pretrained.MODEL_FILE})')
+  evaluator = evaluation.Evaluator(directory, use_ema)
+  steps = evaluator.steps()
+  if not steps:
+    raise ValueError(f'source: workdir {directory!r} has no checkpoints')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f'step: must be one of the saved steps {steps}, got '
+                     f'{step}')
+  state = checkpoint.restore(evaluator.manager, step, evaluator.abstract_state)
+  config = evaluator.config
+  return Source(
+      model_kwargs={'name': config.model.name, 'alpha': config.model.alpha,
+                    'expansion': config.model.get('expansion'),
+                    'num_classes': evaluator.num_classes},
+      variables=jax.device_get(
+          evaluation.evaluation_variables(state, evaluator.use_ema)),
+      resolution=evaluator.resolution, mean=tuple(config.data.mean),
+      std=tuple(config.data.std), data_config=evaluator.data_config,
+      checkpoint=checkpoint.checkpoint_path(directory, step), step=step,
+      ema=evaluator.use_ema)
+
+
+def calibration_images(data_config, resolution: int,
+                       num_examples: int) -> np.ndarray:
+  """The first `num_examples` images of the training split (fewer if it is
+  smaller) through the eval preprocessing: [n, R, R, 3] float32."""
+  config = ml_collections.ConfigDict(data_config.to_dict())
+  config.eval_split = config.train_split
+  images = []
+  for batch in data.create_eval_iterator(
+      config, global_batch_size=min(num_examples, 64), resolution=resolution):
+    images.extend(batch['image'][batch['mask'] > 0])
+    if len(images) >= num_examples:
+      break
+  return np.stack(images[:num_examples])
+
+
+def _check_quantize(quantize: str) -> None:
+  if quantize not in QUANTIZATIONS:
+    raise ValueError(f'quantize: must be one of {list(QUANTIZATIONS)}, got '
+                     f'{quantize!r}')
+
+
+def to_tflite(model, variables: dict, resolution: int, quantize: str = 'none',
+              calibration: np.ndarray | None = None,
+              float_io: bool = False) -> bytes:
+  """The .tflite bytes of `model.apply(variables, images, train=False)` on
+  one [1, resolution, resolution, 3] float32 image.
+
+  quantize: 'none', 'dynamic' (int8 weights) or 'int8' (full integer,
+  calibrated on the images `calibration`; int8 input and output unless
+  `float_io`).
+  """
+  _check_quantize(quantize)
+  forward = jax2tf.convert(
+      lambda images: model.apply(variables, images, train=False),
+      with_gradient=False)
+  function = tf.function(forward, autograph=False, input_signature=[
+      tf.TensorSpec([1, resolution, resolution, 3], tf.float32, 'images')])
+  concrete = function.get_concrete_function()
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete],
+                                                              function)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantize != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == 'int8':
+    if calibration is None:
+      raise ValueError('quantize=int8 needs calibration images')
+    converter.representative_dataset = lambda: ([image[None]]
+                                                for image in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not float_io:
+      converter.inference_input_type = tf.int8
+      converter.inference_output_type = tf.int8
+  return converter.convert()
+
+
+def _write_atomically(path: str, content: bytes) -> None:
+  """Writes `content` to a temporary file beside `path`, then renames it."""
+  fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or '.',
+                              prefix='.' + os.path.basename(path))
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(content)
+    os.replace(temp, path)
+  except BaseException:
+    os.unlink(temp)
+    raise
+
+
+def export_tflite(source: str, output: str, *, step: int | None = None,
+                  use_ema: bool | None = None,
+                  resolution: int | None = None, quantize: str = 'none',
+                  float_io: bool = False,
+                  calibration_examples: int = 200) -> dict:
+  """Exports `source` (a training workdir or a converted model) to
+  `output` (.tflite) and its metadata to `litert.metadata_path(output)`;
+  returns the metadata (see the module docstring).
+
+  Every argument is checked before anything is converted; a bad one is a
+  one-line ValueError naming it, and nothing is written.
+  """
+  _check_quantize(quantize)
+  if not output.endswith('.tflite'):
+    raise ValueError(f'output: must end in .tflite, got {output!r}')
+  folder = os.path.dirname(output) or '.'
+  if not os.path.isdir(folder):
+    raise ValueError(f'output: folder {folder!r} does not exist')
+  if resolution is not None and resolution < models.MIN_RESOLUTION:
+    raise ValueError(f'resolution: must be >= {models.MIN_RESOLUTION}, got '
+                     f'{resolution}')
+  if calibration_examples < 1:
+    raise ValueError(f'calibration_examples: must be >= 1, got '
+                     f'{calibration_examples}')
+  if float_io and quantize != 'int8':
+    raise ValueError('float_io: applies to quantize=int8 only')
+  loaded = load_source(source, step, use_ema)
+  if quantize == 'int8' and loaded.data_config is None:
+    raise ValueError(f'quantize: int8 calibrates on a run\'s training data; '
+                     f'{source!r} is a converted model')
+  resolution = resolution or loaded.resolution
+  calibration = None
+  if quantize == 'int8':
+    calibration = calibration_images(loaded.data_config, resolution,
+                                     calibration_examples)
+  model = models.create_model(**loaded.model_kwargs, ops='reference')
+  content = to_tflite(model, loaded.variables, resolution, quantize,
+                      calibration, float_io)
+  kwargs = loaded.model_kwargs
+  meta = {
+      'model': kwargs['name'], 'alpha': kwargs['alpha'],
+      'expansion': kwargs['expansion'], 'num_classes': kwargs['num_classes'],
+      'resolution': resolution, 'mean': list(loaded.mean),
+      'std': list(loaded.std), 'quantization': quantize,
+      'float_io': quantize != 'int8' or float_io,
+      'calibration_examples': (None if calibration is None
+                               else len(calibration)),
+      'source': os.fspath(checkpoint.absolute_path(source)),
+      'checkpoint': loaded.checkpoint, 'step': loaded.step, 'ema': loaded.ema,
+      'size_bytes': len(content),
+      'op_counts': litert.op_counts(content=content),
+  }
+  _write_atomically(output, content)
+  _write_atomically(litert.metadata_path(output),
+                    (json.dumps(meta, indent=2) + '\n').encode())
+  return meta
+
+
+def summary_line(output: str, meta: dict) -> str:
+  """PATH: size, quantization, resolution; op counts by type."""
+  ops = ', '.join(f'{name} {count}' for name, count in
+                  meta['op_counts'].items())
+  return (f"{output}: {meta['size_bytes'] / 2**20:.2f} MiB, "
+          f"{meta['model']} {meta['resolution']}px {meta['quantization']}; "
+          f"{ops}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  writers.quiet_orbax_info()
+  f = flags.FLAGS
+  try:
+    meta = export_tflite(
+        f.source, f.output, step=f.step, use_ema=f.use_ema,
+        resolution=f.resolution, quantize=f.quantize, float_io=f.float_io,
+        calibration_examples=f.calibration_examples)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  print(summary_line(f.output, meta))
+
+
+if __name__ == '__main__':
+  # Defined here, not at import, so that importing this module adds no
+  # global flags.
+  flags.DEFINE_string('source', None, 'A training workdir or a converted '
+                      'model (what init_from accepts).', required=True)
+  flags.DEFINE_integer('step', None, 'The checkpoint step (default: latest).')
+  flags.DEFINE_bool('use_ema', None, 'Export the EMA weights (default: when '
+                    'the run kept them).')
+  flags.DEFINE_integer('resolution', None, 'Input side in pixels (default: '
+                       'the run\'s; 224 for a converted model).')
+  flags.DEFINE_string('quantize', 'none', f'One of {list(QUANTIZATIONS)}.')
+  flags.DEFINE_bool('float_io', False, 'With --quantize=int8: float32 input '
+                    'and output instead of int8.')
+  flags.DEFINE_integer('calibration_examples', 200, 'With --quantize=int8: '
+                       'training examples that calibrate the quantization.')
+  flags.DEFINE_string('output', None, 'The .tflite file to write (its folder '
+                      'must exist); the metadata goes beside it as .json.',
+                      required=True)
+  app.run(main)
