@@ -19,10 +19,10 @@ from mobilenet_jax import litert
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
 from mobilenet_jax import train
-from test_train import tiny_config
+from conftest import tiny_config
 
 FAMILIES = ('mobilenet_v1', 'mobilenet_v2', 'mobilenet_v3_large',
-            'mobilenet_v3_small')
+            'mobilenet_v3_small', 'mobilenet_v4_conv_small')
 RESOLUTION = 48
 
 
