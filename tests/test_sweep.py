@@ -378,10 +378,11 @@ def test_summarize_real_runs(real_sweep):
   assert (float(row['top1']), float(row['top5'])) == (result['top1'],
                                                      result['top5'])
   assert (int(row['resolution']), int(row['steps'])) == (32, 2)
-  speeds = [json.loads(line)['img_per_sec'] for line in
-            (workdir / 'alpha_0.25' / 'metrics.jsonl').read_text().splitlines()
-            if json.loads(line)['split'] == 'train']
-  assert len(speeds) == 2
+  records = [json.loads(line) for line in
+             (workdir / 'alpha_0.25' / 'metrics.jsonl').read_text().splitlines()]
+  speeds = [r['img_per_sec'] for r in records
+            if r['split'] == 'train' and 'img_per_sec' in r]
+  assert len(speeds) == 1  # step 1 compiles and is not timed; step 2 is
   assert float(row['img_per_sec']) == pytest.approx(statistics.median(speeds))
   # Params: the size of the trained checkpoint's parameters.
   variables = pretrained.load_pretrained(str(workdir / 'alpha_0.25'))
