@@ -22,6 +22,7 @@ def test_bench_json_is_one_consistent_object():
       1e-6 * report['img_per_sec'] + 1e-3)
 
 
+@pytest.mark.slow
 def test_bench_rejects_an_unknown_model():
   result = run_module('mobilenet_jax.bench', '--model=resnet50', '--json')
   assert result.returncode != 0

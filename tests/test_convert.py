@@ -139,6 +139,7 @@ def run_cli(*args):
       capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_cli_round_trip(saved_keras, tmp_path):
   output = tmp_path / 'converted'
   result = run_cli(f'--keras_model={saved_keras}', '--model=mobilenet_v1',
@@ -160,6 +161,7 @@ def test_refuses_to_overwrite(saved_keras, tmp_path):
   assert (tmp_path / 'notes.txt').read_text() == 'keep me'
 
 
+@pytest.mark.slow
 def test_cli_bad_model_name(saved_keras, tmp_path):
   result = run_cli(f'--keras_model={saved_keras}', '--model=mobilenet_v9',
                    f'--output={tmp_path / "out"}')

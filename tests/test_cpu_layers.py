@@ -160,7 +160,9 @@ def _assert_close_trees(got, want, what):
         err_msg=f'{what} {jax.tree_util.keystr(path)}')
 
 
-@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('train', [
+    pytest.param(True, id='train', marks=pytest.mark.slow),
+    pytest.param(False, id='eval')])
 @pytest.mark.parametrize('name', FAMILIES)
 def test_cpu_op_set_equals_reference(name, train):
   images = jnp.asarray(np.random.default_rng(3).normal(

@@ -26,6 +26,7 @@ def _files(workdir):
   return found
 
 
+@pytest.mark.slow
 def test_failed_launches_leave_the_workdir_as_it_was(data_dir, tmp_path):
   fresh = tmp_path / 'fresh'
   with pytest.raises(ValueError, match='optim.name must be one of'):
@@ -45,6 +46,7 @@ def test_failed_launches_leave_the_workdir_as_it_was(data_dir, tmp_path):
   assert _files(finished) == before  # config.json too; nothing set aside
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(
     data_dir, tmp_path):
   config = tiny_config(data_dir, num_train_steps=30, log_every_steps=10,
@@ -65,6 +67,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(
              for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_an_unreadable_newest_checkpoint_is_set_aside(data_dir, tmp_path,
                                                       caplog):
   train.train_and_evaluate(

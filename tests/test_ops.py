@@ -50,6 +50,7 @@ def _tiny(name, ops_name='reference'):
                              dropout_rate=0.0, ops=ops_name)
 
 
+@pytest.mark.slow
 def test_jvp_through_the_reference_model_is_the_transposed_vjp():
   """Forward mode works through every kind of layer (V3: depthwise, SE,
   hard-swish; the cpu kernels' custom VJPs have none), and agrees with

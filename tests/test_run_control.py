@@ -65,6 +65,7 @@ def test_warmup_longer_than_the_run_is_clamped_to_a_tenth(data_dir):
       shorter, data.get_dataset_info(config.data)).optim.warmup_steps == 19
 
 
+@pytest.mark.slow
 def test_throughput_leaves_out_the_compiling_first_step(data_dir, tmp_path,
                                                          monkeypatch):
   lines = []
