@@ -84,6 +84,7 @@ def assert_logits_match(model, variables, keras_net):
     ('mobilenet_v3_small_minimal', 1.0),
     ('mobilenet_v3_large_minimal', 1.25),  # widens the 1280 head
 ])
+@pytest.mark.slow
 def test_logits_match_keras(name, alpha):
   keras_net = keras_model(name, alpha)
   model, variables = convert.from_keras(keras_net, name, alpha=alpha)

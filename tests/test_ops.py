@@ -88,8 +88,9 @@ def _train_step_jaxpr(model, resolution=32, batch_size=2):
   return jax.make_jaxpr(step)(state, batch).jaxpr
 
 
-@pytest.mark.parametrize('name', ['mobilenet_v1', 'mobilenet_v2',
-                                  'mobilenet_v3_large'])
+@pytest.mark.parametrize('name', [
+    pytest.param('mobilenet_v1', marks=pytest.mark.slow), 'mobilenet_v2',
+    pytest.param('mobilenet_v3_large', marks=pytest.mark.slow)])
 def test_reference_train_step_is_plain_flax(name):
   model = _tiny(name)
   equations = list(_equations(_train_step_jaxpr(model)))
