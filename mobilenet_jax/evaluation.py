@@ -40,9 +40,12 @@ def eval_step(variables, batch, *, model, num_classes):
           'top5': jnp.sum(in_top_k * mask), 'num_examples': jnp.sum(mask)}
 
 
+@functools.lru_cache(maxsize=None)
 def jit_eval_step(model, num_classes: int, mesh):
   """`eval_step` jitted over `mesh` (variables replicated, batch split),
-  with the step options of the mesh's platform (`xla_options`)."""
+  with the step options of the mesh's platform (`xla_options`). One jitted
+  function per (model, classes, mesh), so that a run's evaluations compile
+  once (Flax modules compare and hash by their fields)."""
   return jax.jit(
       functools.partial(eval_step, model=model, num_classes=num_classes),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),

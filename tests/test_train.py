@@ -351,3 +351,14 @@ def test_bad_settings_fail_before_training(data_dir, tmp_path):
     train.train_and_evaluate(tiny_config(data_dir, **{'model.name': 'resnet'}),
                              str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_evaluations_of_one_run_share_one_compiled_eval_step():
+  mesh = parallel.create_mesh()
+  first, again = (evaluation.jit_eval_step(
+      models.create_model('mobilenet_v1', num_classes=4, alpha=0.25), 4, mesh)
+                  for _ in range(2))
+  assert first is again
+  other = evaluation.jit_eval_step(
+      models.create_model('mobilenet_v1', num_classes=4, alpha=0.5), 4, mesh)
+  assert other is not first
