@@ -7,6 +7,7 @@ Each block receives an `ops.OpSet` and builds its layers through it; with
 `layers.SqueezeExcite`.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -15,27 +16,48 @@ import jax.numpy as jnp
 from mobilenet_jax import ops as ops_lib
 
 
-class DepthwiseSeparable(nn.Module):
+def _kw(default):
+  return dataclasses.field(default=default, kw_only=True)
+
+
+class Block(nn.Module):
+  """What every block shares: the op set, BatchNorm settings and compute
+  dtype (keyword-only, so that each block lists its own fields first), its
+  layers built through `conv_bn`, and the identity shortcut."""
+  ops: ops_lib.OpSet = _kw(ops_lib.OP_SETS['reference'])
+  bn_momentum: float = _kw(0.99)
+  bn_epsilon: float = _kw(1e-3)
+  dtype: Any = _kw(jnp.float32)
+
+  def conv_bn(self, features: int, kernel_size: int, strides: int,
+              activation: str, *, name: str, depthwise: bool = False):
+    return self.ops.conv_bn(features, kernel_size, strides, activation,
+                            depthwise=depthwise, name=name,
+                            bn_momentum=self.bn_momentum,
+                            bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+
+  def residual(self, x, shortcut):
+    """x + shortcut when the stride is 1 and the width is unchanged."""
+    if self.strides == 1 and shortcut.shape[-1] == self.features:
+      return x + shortcut
+    return x
+
+
+class DepthwiseSeparable(Block):
   """V1 (paper figure 3, right): 3x3 depthwise -> BN -> act, 1x1 -> BN -> act."""
   features: int
   strides: int = 1
   activation: str = 'relu6'
-  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
-    x = self.ops.conv_bn(x.shape[-1], 3, self.strides, self.activation,
-                         depthwise=True, name='depthwise', **bn)(x, train)
-    return self.ops.conv_bn(self.features, 1, 1, self.activation,
-                            name='pointwise', **bn)(x, train)
+    x = self.conv_bn(x.shape[-1], 3, self.strides, self.activation,
+                     name='depthwise', depthwise=True)(x, train)
+    return self.conv_bn(self.features, 1, 1, self.activation,
+                        name='pointwise')(x, train)
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(Block):
   """V2 (paper figure 3b, table 1) and V3 (paper figure 4) bottleneck.
 
   1x1 expansion -> act (skipped when `expanded == input width`), k x k
@@ -48,33 +70,24 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   activation: str = 'relu6'
   se_features: int | None = None
-  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
     shortcut = x
     if self.expanded != x.shape[-1]:
-      x = self.ops.conv_bn(self.expanded, 1, 1, self.activation,
-                           name='expand', **bn)(x, train)
-    x = self.ops.conv_bn(self.expanded, self.kernel_size, self.strides,
-                         self.activation, depthwise=True, name='depthwise',
-                         **bn)(x, train)
+      x = self.conv_bn(self.expanded, 1, 1, self.activation,
+                       name='expand')(x, train)
+    x = self.conv_bn(self.expanded, self.kernel_size, self.strides,
+                     self.activation, name='depthwise',
+                     depthwise=True)(x, train)
     if self.se_features:
       x = self.ops.squeeze_excite(self.se_features, dtype=self.dtype,
                                   name='se')(x)
-    x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
-                         **bn)(x, train)
-    if self.strides == 1 and shortcut.shape[-1] == self.features:
-      x = x + shortcut
-    return x
+    x = self.conv_bn(self.features, 1, 1, 'identity', name='project')(x, train)
+    return self.residual(x, shortcut)
 
 
-class UniversalInvertedBottleneck(nn.Module):
+class UniversalInvertedBottleneck(Block):
   """V4's Universal Inverted Bottleneck (UIB; the paper's section 'Universal
   Inverted Bottlenecks', its figure of the four instantiations).
 
@@ -93,10 +106,6 @@ class UniversalInvertedBottleneck(nn.Module):
   middle_kernel_size: int = 3
   strides: int = 1
   activation: str = 'relu'
-  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -104,28 +113,23 @@ class UniversalInvertedBottleneck(nn.Module):
                                   or self.middle_kernel_size):
       raise ValueError('strides must be 1 for a UIB without a depthwise '
                        f'conv, got {self.strides}')
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
     shortcut = x
     if self.start_kernel_size:
       start_strides = 1 if self.middle_kernel_size else self.strides
-      x = self.ops.conv_bn(x.shape[-1], self.start_kernel_size, start_strides,
-                           'identity', depthwise=True, name='start_depthwise',
-                           **bn)(x, train)
-    x = self.ops.conv_bn(self.expanded, 1, 1, self.activation, name='expand',
-                         **bn)(x, train)
+      x = self.conv_bn(x.shape[-1], self.start_kernel_size, start_strides,
+                       'identity', name='start_depthwise',
+                       depthwise=True)(x, train)
+    x = self.conv_bn(self.expanded, 1, 1, self.activation,
+                     name='expand')(x, train)
     if self.middle_kernel_size:
-      x = self.ops.conv_bn(self.expanded, self.middle_kernel_size,
-                           self.strides, self.activation, depthwise=True,
-                           name='depthwise', **bn)(x, train)
-    x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
-                         **bn)(x, train)
-    if self.strides == 1 and shortcut.shape[-1] == self.features:
-      x = x + shortcut
-    return x
+      x = self.conv_bn(self.expanded, self.middle_kernel_size, self.strides,
+                       self.activation, name='depthwise',
+                       depthwise=True)(x, train)
+    x = self.conv_bn(self.features, 1, 1, 'identity', name='project')(x, train)
+    return self.residual(x, shortcut)
 
 
-class FusedInvertedBottleneck(nn.Module):
+class FusedInvertedBottleneck(Block):
   """V4's fused inverted bottleneck (FusedIB, the Conv-M/L stems): k x k
   expansion conv -> BN -> act, linear 1x1 projection; identity shortcut when
   the stride is 1 and the width is unchanged."""
@@ -134,20 +138,11 @@ class FusedInvertedBottleneck(nn.Module):
   kernel_size: int = 3
   strides: int = 1
   activation: str = 'relu'
-  ops: ops_lib.OpSet = ops_lib.OP_SETS['reference']
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
     shortcut = x
-    x = self.ops.conv_bn(self.expanded, self.kernel_size, self.strides,
-                         self.activation, name='expand', **bn)(x, train)
-    x = self.ops.conv_bn(self.features, 1, 1, 'identity', name='project',
-                         **bn)(x, train)
-    if self.strides == 1 and shortcut.shape[-1] == self.features:
-      x = x + shortcut
-    return x
+    x = self.conv_bn(self.expanded, self.kernel_size, self.strides,
+                     self.activation, name='expand')(x, train)
+    x = self.conv_bn(self.features, 1, 1, 'identity', name='project')(x, train)
+    return self.residual(x, shortcut)
