@@ -59,6 +59,9 @@ def get_config():
   config.data.crop_area_range = (0.85, 1.0)
   config.data.crop_aspect_ratio_range = (3 / 4, 4 / 3)  # crop width / height
   config.data.eval_crop_fraction = 1.0  # central crop side / shorter side
+  # Random horizontal flips in training; off where mirroring changes the
+  # class (digits, text).
+  config.data.random_flip = True
   config.data.mean = (0.485, 0.456, 0.406)  # RGB mean in [0, 1] (ImageNet's)
   config.data.std = (0.229, 0.224, 0.225)  # RGB std in [0, 1] (ImageNet's)
 
@@ -93,5 +96,10 @@ def get_config():
   config.keep_checkpoints = 3
   config.seed = 0
   config.init_from = ''  # a converted Keras model or a training workdir
+  # init_from's classifier is kept only when the class counts agree and it
+  # was trained on the same dataset (converted Keras models: imagenet2012);
+  # true keeps it whenever the shapes agree (the same labels under another
+  # dataset name).
+  config.init_head = False
   config.freeze_backbone = False
   return config

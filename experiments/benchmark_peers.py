@@ -19,9 +19,11 @@ Times one step at a time of three systems on the same random batches:
 Every system is built (compiled, or its first step run) before any is timed,
 then each of `warmup` untimed and `steps` timed rounds runs one step of every
 (mode, system) in turn, so that the machine's load drifts alike over all of
-them. Each step has a fresh batch, the same for every system: float32 images
+them. Each step has a fresh batch, the same for every system: uint8 images
 (N, R, R, 3) and labels from a numpy RNG, copied into each framework (NCHW
-channels_last for torch) before the clock starts; a step is timed up to its
+channels_last for torch) before the clock starts, ours as uint8 (its steps
+normalise on the device, as in training), the peers' normalised to float32
+on the host (`data.normalise`); a step is timed up to its
 end (`jax.block_until_ready`; torch's CPU steps are synchronous). The table
 gives each system's images per second at its median step, the step times'
 median and range, its compile time (JAX) or first step (torch) and the
@@ -74,6 +76,7 @@ import jax
 import numpy as np
 
 from mobilenet_jax import bench
+from mobilenet_jax import data
 from mobilenet_jax import models
 from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import sweep_summary
@@ -104,7 +107,7 @@ class Runner:
   Attributes:
     system: one of SYSTEMS.
     mode: one of MODES.
-    put: (images NHWC float32, labels int) numpy -> this framework's inputs.
+    put: (images NHWC uint8, labels int) numpy -> this framework's inputs.
     step: runs one step on `put`'s inputs, to its end.
     setup_s: compile seconds (JAX) or first step seconds (torch).
     times: seconds of the timed steps.
@@ -176,7 +179,17 @@ def _jax_put(images: np.ndarray, labels: np.ndarray) -> dict:
       {'image': images, 'label': labels.astype(np.int32)}))
 
 
-def _jax_runner(system: str, mode: str, step, carry, batch: dict) -> Runner:
+def _float_images(images: np.ndarray) -> np.ndarray:
+  """The peers' input: the uint8 images normalised on the host, float32."""
+  return data.normalise(images, bench.MEAN, bench.STD)
+
+
+def _float_jax_put(images: np.ndarray, labels: np.ndarray) -> dict:
+  return _jax_put(_float_images(images), labels)
+
+
+def _jax_runner(system: str, mode: str, step, carry, batch: dict,
+                put=_jax_put) -> Runner:
   """Compiles the jitted `step(carry, batch) -> (carry, out)`; the Runner
   threads the carry through its steps."""
   start = time.perf_counter()
@@ -187,7 +200,7 @@ def _jax_runner(system: str, mode: str, step, carry, batch: dict) -> Runner:
     nonlocal carry
     carry, _ = jax.block_until_ready(compiled(carry, batch))
 
-  return Runner(system, mode, _jax_put, run, setup_s)
+  return Runner(system, mode, put, run, setup_s)
 
 
 def _ours(mode: str, alpha: float, resolution: int, ops: str,
@@ -219,7 +232,8 @@ def _keras_jax(keras, mode: str, alpha: float, resolution: int,
       probs, _ = model.stateless_call(*state, batch['image'], training=False)
       return state, probs
 
-    return _jax_runner('keras_jax', mode, jax.jit(infer_step), state, batch)
+    return _jax_runner('keras_jax', mode, jax.jit(infer_step), state, batch,
+                       _float_jax_put)
 
   optimizer = keras.optimizers.RMSprop(
       learning_rate=LEARNING_RATE, rho=RMSPROP_DECAY, momentum=MOMENTUM,
@@ -242,7 +256,8 @@ def _keras_jax(keras, mode: str, alpha: float, resolution: int,
 
   state += ([v.value for v in optimizer.variables],)
   return _jax_runner('keras_jax', mode,
-                     jax.jit(train_step, donate_argnums=0), state, batch)
+                     jax.jit(train_step, donate_argnums=0), state, batch,
+                     _float_jax_put)
 
 
 def _torch(torch, mode: str, alpha: float, images: np.ndarray,
@@ -252,7 +267,7 @@ def _torch(torch, mode: str, alpha: float, images: np.ndarray,
 
   def put(images, labels):
     # NHWC data seen as NCHW is channels_last already: no copy.
-    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    nchw = torch.from_numpy(_float_images(images)).permute(0, 3, 1, 2)
     return (nchw.contiguous(memory_format=torch.channels_last),
             torch.from_numpy(labels.astype(np.int64)))
 
@@ -344,8 +359,8 @@ def benchmark(*, alpha: float = 1.0, resolution: int = 224,
   rng = np.random.default_rng(seed)
 
   def host_batch():
-    return (rng.standard_normal((batch_size, resolution, resolution, 3),
-                                dtype=np.float32),
+    return (rng.integers(0, 256, (batch_size, resolution, resolution, 3),
+                         np.uint8),
             rng.integers(0, NUM_CLASSES, batch_size))
 
   images, labels = host_batch()
@@ -359,7 +374,8 @@ def benchmark(*, alpha: float = 1.0, resolution: int = 224,
       elif system == 'torch':
         runners.append(_torch(torch, mode, alpha, images, labels))
       else:
-        runners.append(_keras_jax(keras, mode, alpha, resolution, batch))
+        runners.append(_keras_jax(keras, mode, alpha, resolution,
+                                  _float_jax_put(images, labels)))
   for i in range(warmup + steps):
     images, labels = host_batch()
     for runner in runners:

@@ -10,10 +10,11 @@ of the training input pipeline alone, or latency of an exported model.
   python -m mobilenet_jax.bench --tflite=PATH [--threads=1] [--steps=30] \
       [--warmup=2] [--json]
 
-Each step runs on a fresh random batch (made on the device before the clock
-starts) and is timed on its own up to `jax.block_until_ready`; the report
-gives the median and the spread (min, quartiles, max) of the timed steps
-after `warmup` untimed ones, the compile time (`jit(...).lower(...).compile()`)
+Each step runs on a fresh random batch of uint8 images (made on the device
+before the clock starts; the step normalises them, as in training) and is
+timed on its own up to `jax.block_until_ready`; the report gives the median
+and the spread (min, quartiles, max) of the timed steps after `warmup`
+untimed ones, the compile time (`jit(...).lower(...).compile()`)
 and the peak memory: the device's `memory_stats()` where it has them (TPU,
 GPU), else the process's maximum resident set size (CPU; it includes the
 Python process itself). Run as a command, it first restarts itself with
@@ -23,7 +24,7 @@ glibc's malloc tunables and runs its steps on the calling thread
 `cpu_async_dispatch` and `compiler_options` say what it ran with.
 
 With `--data`, each step is one host batch from `data.create_train_iterator`
-(decode, crop, flip, resize, normalise; tf.data with prefetch); `setup_s` is
+(decode, crop, flip, resize to uint8; tf.data with prefetch); `setup_s` is
 the time to the first batch (preparing the dataset, filling the cache).
 
 With `--tflite`, each step is one `invoke()` of an exported model
@@ -56,6 +57,7 @@ import time
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import imagenet_mobilenet_v2
@@ -73,6 +75,9 @@ from mobilenet_jax import xla_options
 MODES = ('train', 'infer')
 DTYPES = ('float32', 'bfloat16')
 NUM_CLASSES = 1000
+# The ImageNet recipes' normalisation, applied inside the timed steps.
+_DATA = imagenet_mobilenet_v2.get_config().data
+MEAN, STD = tuple(_DATA.mean), tuple(_DATA.std)
 
 
 def peak_memory_mb() -> tuple[float, str]:
@@ -133,7 +138,8 @@ def _train_step_fn(model, resolution: int, rng):
   step = functools.partial(
       train.train_step, model=model, tx=tx, schedule=schedule,
       num_classes=NUM_CLASSES, label_smoothing=optim_config.label_smoothing,
-      ema_decay=optim_config.ema_decay, frozen_backbone=False)
+      ema_decay=optim_config.ema_decay, frozen_backbone=False, mean=MEAN,
+      std=STD)
   return jax.jit(step, donate_argnums=0,
                  compiler_options=xla_options.step_compiler_options()), state
 
@@ -143,7 +149,8 @@ def _infer_step_fn(model, resolution: int, rng):
   variables = _init_variables(model, resolution, rng)
 
   def step(variables, batch):
-    return variables, model.apply(variables, batch['image'], train=False)
+    images = data.normalise(batch['image'], MEAN, STD, model.dtype)
+    return variables, model.apply(variables, images, train=False)
 
   return jax.jit(
       step, compiler_options=xla_options.step_compiler_options()), variables
@@ -174,8 +181,9 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
   def random_batch(key):
     image_key, label_key = jax.random.split(key)
     return {
-        'image': jax.random.normal(
-            image_key, (batch_size, resolution, resolution, 3)),
+        'image': jax.random.randint(
+            image_key, (batch_size, resolution, resolution, 3), 0, 256,
+            jnp.int32).astype(jnp.uint8),
         'label': jax.random.randint(label_key, (batch_size,), 0, NUM_CLASSES),
     }
 

@@ -6,8 +6,13 @@
       [--split=SPLIT]
 
 writes DIR/eval/step_<N>.json = {"step", "top1", "top5", "loss",
-"num_examples", "ema", "checkpoint"}, the same file training's final
-evaluation writes. `--watch` is a sidecar evaluator: it polls the workdir for
+"num_examples", "ema", "checkpoint"}, the file training's final evaluation
+writes, where it does not exist yet (training's own result is never
+replaced). Another split, dataset or EMA setting than the run's own writes
+DIR/eval/step_<N>.[<dataset>.]<split>.<ema|raw>.json beside it, e.g.
+step_1000.test_to50pct.raw.json for --split='test[:50%]' --use_ema=false
+(names: `checkpoint.result_variant`; the JSON adds "dataset" and "split").
+`--watch` is a sidecar evaluator: it polls the workdir for
 new checkpoints and exits after evaluating the final step. The work is
 `mobilenet_jax.evaluation`'s.
 

@@ -5,7 +5,9 @@ evaluations); `Evaluator` restores a workdir's checkpoints and evaluates
 them, and `watch` evaluates each new one as it appears (the
 `mobilenet_jax.evaluate` command). A step's result goes to
 WORKDIR/eval/step_<N>.json = {"step", "top1", "top5", "loss",
-"num_examples", "ema", "checkpoint"}.
+"num_examples", "ema", "checkpoint"} for the run's own split, dataset and
+EMA setting, and to WORKDIR/eval/step_<N>.<variant>.json
+(`checkpoint.result_variant`, plus "dataset" and "split") for any other.
 """
 
 import functools
@@ -26,9 +28,12 @@ from mobilenet_jax import state as state_lib
 from mobilenet_jax import xla_options
 
 
-def eval_step(variables, batch, *, model, num_classes):
-  """Sums (not means) over the batch's real examples: loss, top-1, top-5."""
-  logits = model.apply(variables, batch['image'], train=False)
+def eval_step(variables, batch, *, model, num_classes, mean, std):
+  """Sums (not means) over the batch's real examples: loss, top-1, top-5.
+  The images are pixels (uint8), normalised here as in `train.train_step`."""
+  logits = model.apply(
+      variables, data.normalise(batch['image'], mean, std, model.dtype),
+      train=False)
   mask = batch['mask'].astype(jnp.float32)
   labels = batch['label']
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -41,13 +46,16 @@ def eval_step(variables, batch, *, model, num_classes):
 
 
 @functools.lru_cache(maxsize=None)
-def jit_eval_step(model, num_classes: int, mesh):
+def jit_eval_step(model, num_classes: int, mesh, mean: tuple, std: tuple):
   """`eval_step` jitted over `mesh` (variables replicated, batch split),
-  with the step options of the mesh's platform (`xla_options`). One jitted
-  function per (model, classes, mesh), so that a run's evaluations compile
-  once (Flax modules compare and hash by their fields)."""
+  with the step options of the mesh's platform (`xla_options`); `mean` and
+  `std` (tuples: `config.data`'s) normalise the images. One jitted
+  function per (model, classes, mesh, mean, std), so that a run's
+  evaluations compile once (Flax modules compare and hash by their
+  fields)."""
   return jax.jit(
-      functools.partial(eval_step, model=model, num_classes=num_classes),
+      functools.partial(eval_step, model=model, num_classes=num_classes,
+                        mean=mean, std=std),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
       out_shardings=parallel.replicated(mesh),
       compiler_options=xla_options.step_compiler_options(
@@ -57,7 +65,8 @@ def jit_eval_step(model, num_classes: int, mesh):
 def evaluate_dataset(model, variables, data_config, *, global_batch_size: int,
                      resolution: int, num_classes: int, mesh) -> dict:
   """Evaluates `variables` on data_config.eval_split; every example once."""
-  step = jit_eval_step(model, num_classes, mesh)
+  step = jit_eval_step(model, num_classes, mesh, tuple(data_config.mean),
+                       tuple(data_config.std))
   totals = None
   for batch in data.create_eval_iterator(
       data_config, global_batch_size=global_batch_size, resolution=resolution):
@@ -69,12 +78,17 @@ def evaluate_dataset(model, variables, data_config, *, global_batch_size: int,
           'loss': float(totals['loss']) / n, 'num_examples': int(n)}
 
 
-def write_result(workdir: str, result: dict) -> str:
-  """Writes WORKDIR/eval/step_<N>.json (process 0 only); returns its path."""
-  path = checkpoint.eval_result_path(workdir, result['step'])
+def write_result(workdir: str, result: dict, variant: str = '',
+                 overwrite: bool = True) -> str:
+  """Writes WORKDIR/eval/step_<N>[.<variant>].json (process 0 only; not
+  over an existing file unless `overwrite`); returns its path."""
+  path = checkpoint.eval_result_path(workdir, result['step'], variant)
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + '\n')
+    if not overwrite and path.exists():
+      logging.info('%s exists: left as it is', path)
+    else:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps(result, indent=2) + '\n')
   return str(path)
 
 
@@ -113,6 +127,7 @@ class Evaluator:
     self.abstract_state = state_lib.abstract_train_state(
         self.config, self.model, self.resolution, self.mesh)
     self.manager = checkpoint.create_manager(workdir, read_only=True)
+    self.variant = checkpoint.result_variant(self.config, self.use_ema, dataset, split)
 
   def steps(self) -> list[int]:
     self.manager.reload()
@@ -127,7 +142,14 @@ class Evaluator:
         mesh=self.mesh)
     result = {'step': step, **metrics, 'ema': self.use_ema,
               'checkpoint': checkpoint.checkpoint_path(self.workdir, step)}
-    write_result(self.workdir, result)
+    if self.variant:
+      result.update(dataset=self.data_config.dataset,
+                    split=self.data_config.eval_split)
+    # The run's own settings: eval/step_<N>.json, written only where training
+    # (or an earlier evaluation) has not, so training's result is never
+    # replaced. Other settings: eval/step_<N>.<variant>.json.
+    write_result(self.workdir, result, self.variant,
+                 overwrite=bool(self.variant))
     return result
 
 

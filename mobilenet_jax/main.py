@@ -4,8 +4,9 @@
       [--config.model.alpha=0.5 ...]
 
 Re-running the same command on the same workdir resumes from its latest
-checkpoint. Multi-host: on TPU VM pod slices jax.distributed is auto-detected;
-elsewhere pass --coordinator_address, --num_processes and --process_id.
+checkpoint. Multi-host: on a Cloud TPU VM jax.distributed.initialize() detects
+the slice; elsewhere pass --coordinator_address, --num_processes and
+--process_id. With several processes the workdir must be shared (gs://).
 """
 
 if __name__ == '__main__':
@@ -13,13 +14,17 @@ if __name__ == '__main__':
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_step_buffers_mapped()
 
+import logging
 import os
 import re
 import sys
+import threading
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from mobilenet_jax import config_check
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
@@ -64,21 +69,43 @@ def parse_flags(argv):
     usage_error(f'--config: {e}')
 
 
+def _one_line_background_error(args):
+  """threading.excepthook and sys.unraisablehook: one line, no traceback."""
+  message = (str(args.exc_value).strip().splitlines() or [''])[0][:300]
+  sys.stderr.write(f'error in the background: {args.exc_type.__name__}: '
+                   f'{message}\n')
+
+
 def main(argv):
   if len(argv) > 1:
     usage_error(f'unexpected arguments: {argv[1:]}')
   if os.path.isfile(FLAGS.workdir):
     usage_error(f'--workdir {FLAGS.workdir!r} is a file, not a folder')
+  try:  # the values, still before the heavy imports
+    config_check.check_config(FLAGS.config)
+  except ValueError as e:
+    usage_error(f'--config: {e}')
   # pylint: disable=g-import-not-at-top
   from mobilenet_jax import parallel
   from mobilenet_jax import train
   from mobilenet_jax import writers
   writers.quiet_orbax_info()
-  parallel.initialize_distributed(FLAGS.coordinator_address,
-                                  FLAGS.num_processes, FLAGS.process_id)
+  # A failed checkpoint save fails in orbax's threads, asyncio tasks and
+  # callbacks, which would print a traceback per array: one line each
+  # instead; the failure itself is the last line (CheckpointWriteError).
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+  threading.excepthook = sys.unraisablehook = _one_line_background_error
+  try:
+    parallel.initialize_distributed(FLAGS.coordinator_address,
+                                    FLAGS.num_processes, FLAGS.process_id)
+  except parallel.DistributedStartupError as e:
+    sys.exit(f'error: {e}')
+  except ValueError as e:
+    usage_error(str(e))
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.NonFiniteMetricError as e:
+  except (train.NonFiniteMetricError,
+          train.checkpoint.CheckpointWriteError) as e:
     sys.exit(f'error: {e}')
   except ValueError as e:
     usage_error(str(e))

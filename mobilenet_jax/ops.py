@@ -4,8 +4,10 @@ One network, two op sets, with the same arguments and the same variables:
 
 - `reference`: the papers' layers in plain Flax Linen (`mobilenet_jax.layers`:
   `nn.Conv`, depthwise as `nn.Conv(feature_group_count=C)`, `nn.BatchNorm`,
-  no custom gradients). What TPUs, GPUs and export run, and what
-  forward-mode autodiff (`jax.jvp`, `jax.hessian`) needs.
+  no custom gradients in float32; in bfloat16 a custom VJP only makes the
+  kernel and bias gradients float32, `layers.float32_weight_grad`). What
+  TPUs, GPUs and export run, and what forward-mode autodiff (`jax.jvp`,
+  `jax.hessian`, float32) needs.
 - `cpu`: the same layers computed with XLA:CPU kernels
   (`mobilenet_jax.cpu.layers`), each tested equal to its reference
   counterpart in values and gradients.
@@ -22,6 +24,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
+from mobilenet_jax import config_check
 from mobilenet_jax import layers
 from mobilenet_jax.cpu import layers as cpu_layers
 
@@ -41,7 +44,8 @@ OP_SETS = {
     'reference': OpSet('reference', layers.ConvBN, layers.SqueezeExcite),
     'cpu': OpSet('cpu', cpu_layers.conv_bn, cpu_layers.SqueezeExcite),
 }
-NAMES = ('auto', *OP_SETS)
+NAMES = config_check.OP_SET_NAMES  # the allowed model.ops values
+assert set(NAMES) == {'auto', *OP_SETS}, NAMES
 
 # `auto` per backend; any backend not listed gets `reference`.
 AUTO = {'cpu': 'cpu'}
@@ -51,8 +55,7 @@ def resolve(name: str, backend: str | None = None) -> str:
   """The op set `name` stands for: 'auto' becomes `AUTO.get(backend,
   'reference')` (`backend` defaults to `jax.default_backend()`); the other
   names pass through."""
-  if name not in NAMES:
-    raise ValueError(f'ops must be one of {list(NAMES)}, got {name!r}')
+  config_check.one_of('ops', name, NAMES)
   if name != 'auto':
     return name
   return AUTO.get(backend or jax.default_backend(), 'reference')

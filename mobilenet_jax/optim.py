@@ -39,54 +39,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ('adamw', 'rmsprop_tf', 'sgd')
-SCHEDULES = ('constant', 'cosine', 'exponential')
-# Every `optim` field (the module docstring documents each).
-FIELDS = ('name', 'learning_rate', 'schedule', 'warmup_steps', 'weight_decay',
-          'decay_depthwise', 'label_smoothing', 'ema_decay', 'momentum',
-          'nesterov', 'decay_rate', 'decay_epochs', 'rmsprop_decay',
-          'rmsprop_epsilon', 'adam_b1', 'adam_b2', 'adam_epsilon',
-          'grad_clip_norm')
+from mobilenet_jax import config_check
+
+# The allowed values live in config_check (checked before the heavy imports).
+OPTIMIZERS = config_check.OPTIMIZERS
+SCHEDULES = config_check.SCHEDULES
+FIELDS = config_check.OPTIM_FIELDS  # every `optim` field (documented above)
+# Raises ValueError naming the first missing or invalid `optim` field.
+check_optim_config = config_check.check_optim_config
 
 
 def _is_int(value) -> bool:
   return isinstance(value, numbers.Integral)  # numpy integers included
-
-
-def _check_unit_interval(name: str, value) -> None:
-  if not 0 <= value < 1:
-    raise ValueError(f'{name} must be in [0, 1), got {value!r}')
-
-
-def check_optim_config(optim_config) -> None:
-  """Raises ValueError naming the first missing or invalid `optim` field."""
-  c = optim_config
-  for field in FIELDS:
-    if field not in c:
-      raise ValueError(f'optim.{field} is not set (configs/default.py lists '
-                       'every optim field)')
-  if c.name not in OPTIMIZERS:
-    raise ValueError(
-        f'optim.name must be one of {list(OPTIMIZERS)}, got {c.name!r}')
-  if c.schedule not in SCHEDULES:
-    raise ValueError(
-        f'optim.schedule must be one of {list(SCHEDULES)}, got {c.schedule!r}')
-  for field in ('learning_rate', 'weight_decay'):
-    if not getattr(c, field) >= 0:
-      raise ValueError(f'optim.{field} must be >= 0, got {getattr(c, field)!r}')
-  if not (_is_int(c.warmup_steps) and c.warmup_steps >= 0):
-    raise ValueError(
-        f'optim.warmup_steps must be an int >= 0, got {c.warmup_steps!r}')
-  for field in ('label_smoothing', 'ema_decay', 'momentum', 'rmsprop_decay',
-                'adam_b1', 'adam_b2'):
-    _check_unit_interval(f'optim.{field}', getattr(c, field))
-  for field in ('decay_rate', 'decay_epochs', 'rmsprop_epsilon',
-                'adam_epsilon'):
-    if not getattr(c, field) > 0:
-      raise ValueError(f'optim.{field} must be > 0, got {getattr(c, field)!r}')
-  if c.grad_clip_norm is not None and not c.grad_clip_norm >= 0:
-    raise ValueError(
-        f'optim.grad_clip_norm must be >= 0 or None, got {c.grad_clip_norm!r}')
 
 
 def _with_warmup(schedule: optax.Schedule, peak: float,
@@ -258,7 +222,7 @@ def cross_entropy_loss(logits, labels, num_classes: int,
   Inception Architecture, section 7), so per example
   -(1 - eps) * log p_y - eps / K * sum_k log p_k.
   """
-  _check_unit_interval('label_smoothing', label_smoothing)
+  config_check.check_unit_interval('label_smoothing', label_smoothing)
   if logits.shape[-1] != num_classes:
     raise ValueError(f'logits must have num_classes={num_classes} columns, '
                      f'got shape {logits.shape}')

@@ -10,6 +10,7 @@ from a Keras model):
 """
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -58,6 +59,85 @@ def load_converted(directory: str):
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(directory / VARIABLES_DIR, abstract)
   return model_kwargs, variables
+
+
+# Keras Applications weights, what `convert` reads, were trained on ImageNet.
+CONVERTED_DATASET = 'imagenet2012'
+CLASSIFIER = 'classifier'  # the top Dense layer's name
+
+
+def _same_dataset(a: str, b: str) -> bool:
+  """Whether two data.dataset values name the same data (and labels): tfds
+  names compare without config and version ('shapes/tiny' is 'shapes'),
+  folders by path."""
+  def base(name):
+    if name.startswith('folder:'):
+      return os.path.normpath(name[len('folder:'):])
+    return name.split(':')[0].split('/')[0]
+  return base(a) == base(b)
+
+
+def _source(init_from: str):
+  """(what it is, {array name: shape} of its params and batch_stats, its
+  dataset or None): a converted model's or a workdir's latest checkpoint's,
+  from metadata alone."""
+  directory = epath.Path(init_from)
+  if (directory / MODEL_FILE).exists():
+    meta = json.loads((directory / MODEL_FILE).read_text())
+    shapes = checkpoint.saved_shapes(
+        checkpoint.absolute_path(directory) / VARIABLES_DIR)
+    return (f'{meta["model"]} alpha {meta["alpha"]}', shapes,
+            CONVERTED_DATASET)
+  steps = checkpoint.saved_steps(init_from)
+  if not steps:
+    raise ValueError(f'init_from must be a converted model or a workdir with '
+                     f'checkpoints; found neither at {init_from!r}')
+  shapes = checkpoint.saved_shapes(
+      checkpoint.checkpoint_dir(init_from) / str(steps[-1]) / 'default')
+  try:
+    config = checkpoint.load_config(init_from)
+    what = f'{config.model.name} alpha {config.model.alpha}'
+    dataset = config.data.dataset
+  except (ValueError, OSError, AttributeError, KeyError):
+    what, dataset = 'another model', None
+  if shapes is not None:
+    shapes = {k: v for k, v in shapes.items()
+              if k.startswith(('params.', 'batch_stats.'))}
+  return what, shapes, dataset
+
+
+def plan_transfer(init_from: str, abstract_variables: dict, dataset: str,
+                  init_head: bool = False) -> frozenset:
+  """Checks, from metadata alone (seconds, before anything compiles), that
+  `init_from` has every variable of `abstract_variables` ({'params',
+  'batch_stats'}: shapes) with its shape, and decides what starts fresh:
+  the classifier, where its shape differs (another number of classes) or
+  the source was trained on another dataset than `dataset` (unless
+  `init_head`). Returns the fresh variables' names ('params.classifier.
+  kernel', ...); a mismatch is a one-line ValueError naming the arrays."""
+  what, saved, source_dataset = _source(init_from)
+  expected = checkpoint.array_shapes(abstract_variables)
+  if saved is None:  # unreadable metadata: load_pretrained will tell
+    saved = expected
+  head = [k for k in expected if k.split('.')[1:2] == [CLASSIFIER]]
+  head_differs = any(saved.get(k) != expected[k] for k in head)
+  differences = checkpoint.shape_differences(
+      {k: v for k, v in saved.items() if k not in head},
+      {k: v for k, v in expected.items() if k not in head}, extra=False)
+  if differences:
+    raise ValueError(f'init_from {init_from!r} ({what}) does not fit this '
+                     f'model: {"; ".join(differences)}; are model.name and '
+                     f'model.alpha right?')
+  if init_head and head_differs:
+    raise ValueError(f'init_head=true keeps the classifier of init_from '
+                     f'{init_from!r}, which has another shape: '
+                     + ', '.join(f'{k} {saved.get(k)} saved, {expected[k]} here'
+                                 for k in head if saved.get(k) != expected[k]))
+  other_data = (source_dataset is not None
+                and not _same_dataset(source_dataset, dataset))
+  if head_differs or (other_data and not init_head):
+    return frozenset(head)
+  return frozenset()
 
 
 def load_pretrained(init_from: str) -> dict:

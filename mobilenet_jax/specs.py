@@ -333,3 +333,19 @@ def minimalistic(arch: Architecture) -> Architecture:
   return dataclasses.replace(
       arch, rows=tuple(simplify(r) for r in arch.rows),
       head=dataclasses.replace(arch.head, activation='relu'))
+
+
+# The registry: model name -> architecture (`models.REGISTRY`). Here, with
+# the tables, so that `config_check` knows the names without importing jax.
+ARCHITECTURES: dict[str, Architecture] = {
+    'mobilenet_v1': MOBILENET_V1,
+    'mobilenet_v1_standard': standard_convolutions(MOBILENET_V1),
+    'mobilenet_v2': MOBILENET_V2,
+    'mobilenet_v3_large': MOBILENET_V3_LARGE,
+    'mobilenet_v3_small': MOBILENET_V3_SMALL,
+    'mobilenet_v3_large_minimal': minimalistic(MOBILENET_V3_LARGE),
+    'mobilenet_v3_small_minimal': minimalistic(MOBILENET_V3_SMALL),
+    'mobilenet_v4_conv_small': MOBILENET_V4_CONV_SMALL,
+    'mobilenet_v4_conv_medium': MOBILENET_V4_CONV_MEDIUM,
+    'mobilenet_v4_conv_large': MOBILENET_V4_CONV_LARGE,
+}

@@ -25,8 +25,10 @@ _INSTRUCTION = re.compile(r'%([\w.\-]+) = [^\n]*?op_name="([^"]+)"')
 # What follows the model in a name stack: 'MobileNet/' (jit of apply) or
 # 'jvp(MobileNet))/' (under grad).
 _IN_MODEL = re.compile(models.MobileNet.__name__ + r'\)*/(.*)')
-_BLOCK = re.compile(r'block_\d+$')
-OUTSIDE_MODEL = '(outside the model: loss, optimizer, EMA)'
+# A block, or a call of one of its methods (Flax's 'block_3.residual').
+_BLOCK = re.compile(r'block_\d+(\.\w+)?$')
+OUTSIDE_MODEL = ('(outside the model: input normalisation, loss, optimizer, '
+                 'EMA)')
 
 
 def layer_of(op_name: str) -> tuple[str, str]:
@@ -40,7 +42,7 @@ def layer_of(op_name: str) -> tuple[str, str]:
   if not match:
     return pass_, OUTSIDE_MODEL
   names = match.group(1).split('/')
-  if _BLOCK.match(names[0]):
+  while len(names) > 1 and _BLOCK.match(names[0]):
     names = names[1:]
   return pass_, '/'.join(names[:-1][:2] or names)
 

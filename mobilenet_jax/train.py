@@ -1,9 +1,10 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 One jit-compiled `train_step` over a mesh of every device (batch split over
-`data`, state replicated and donated); host-local input slices become global
-arrays; metrics are fetched only at log steps; orbax checkpoints make a
-re-run of the same command resume where it stopped (SIGTERM saves and exits).
+`data`, state replicated and donated); host-local uint8 input slices become
+global arrays, normalised inside the step; metrics are fetched only at log
+steps; orbax checkpoints make a re-run of the same command resume where it
+stopped (SIGTERM saves and exits).
 """
 
 import functools
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import data
 from mobilenet_jax import evaluation
 from mobilenet_jax import models
@@ -33,23 +35,28 @@ from mobilenet_jax import xla_options
 
 def train_step(state: state_lib.TrainState, batch: dict, *, model, tx,
                schedule, num_classes: int, label_smoothing: float,
-               ema_decay: float, frozen_backbone: bool):
+               ema_decay: float, frozen_backbone: bool, mean: tuple,
+               std: tuple):
   """One SGD step on a global batch; returns the new state and metrics.
 
-  With a frozen backbone the model runs in inference mode (BatchNorm uses
-  and keeps its running statistics), so only the top layers change.
+  `batch['image']` holds pixels in [0, 255] (uint8 from the input
+  pipeline), normalised here with `mean` and `std` (`data.normalise`) into
+  the model's compute dtype. With a frozen backbone the model runs in
+  inference mode (BatchNorm uses and keeps its running statistics), so only
+  the top layers change.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   variables = {'batch_stats': state.batch_stats}
+  images = data.normalise(batch['image'], mean, std, model.dtype)
 
   def loss_fn(params):
     if frozen_backbone:
-      logits = model.apply({'params': params, **variables}, batch['image'],
+      logits = model.apply({'params': params, **variables}, images,
                            train=False)
       batch_stats = state.batch_stats
     else:
       logits, updates = model.apply(
-          {'params': params, **variables}, batch['image'], train=True,
+          {'params': params, **variables}, images, train=True,
           mutable=['batch_stats'], rngs={'dropout': dropout_rng})
       batch_stats = updates['batch_stats']
     loss = optim.cross_entropy_loss(logits, batch['label'], num_classes,
@@ -87,7 +94,8 @@ def jit_train_step(config: ml_collections.ConfigDict, model, params, mesh):
           num_classes=config.num_classes,
           label_smoothing=config.optim.label_smoothing,
           ema_decay=config.optim.ema_decay,
-          frozen_backbone=config.freeze_backbone),
+          frozen_backbone=config.freeze_backbone,
+          mean=tuple(config.data.mean), std=tuple(config.data.std)),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
       donate_argnums=0,
@@ -101,7 +109,9 @@ def resolve_config(config: ml_collections.ConfigDict,
   `num_classes` (the dataset's), `steps_per_epoch`, `num_train_steps` (from
   `num_epochs` if not set) and `eval_batch_size` (the batch size if not set);
   a warm-up not shorter than the run is clamped to a tenth of it (with a
-  warning). Fails before compiling."""
+  warning). Fails before compiling (the values `config_check` checks
+  first, in `main` before the heavy imports)."""
+  config_check.check_config(config)
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = info.num_classes
   parallel.check_batch_size(config.batch_size, 'batch_size')
@@ -121,34 +131,26 @@ def resolve_config(config: ml_collections.ConfigDict,
                     'tenth of the run', config.optim.warmup_steps,
                     config.num_train_steps, clamped)
     config.optim.warmup_steps = clamped
-  for field in ('log_every_steps', 'eval_every_steps',
-                'checkpoint_every_steps'):
-    if config[field] < 0:
-      raise ValueError(f'{field} must be >= 0 (0 = only at the end), got '
-                       f'{config[field]}')
-  if config.freeze_backbone and not config.init_from:
-    raise ValueError('freeze_backbone needs init_from (a checkpoint to '
-                     'start the frozen backbone from)')
   return config
 
 
-def _transfer(pretrained: dict, fresh: dict) -> dict:
-  """Pretrained variables where shapes agree; the fresh initialisation
-  elsewhere (a new classifier for a different num_classes)."""
+def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
+  """The pretrained variables, but the fresh initialisation for the
+  variables named in `fresh_names` ('params.classifier.kernel', ...:
+  `pretrained.plan_transfer`'s new classifier)."""
   flat_new = traverse_util.flatten_dict(fresh)
   flat_old = traverse_util.flatten_dict(pretrained)
-  missing = [k for k in flat_new if k not in flat_old]
+  missing = [k for k in flat_new if k not in flat_old
+             and '.'.join(k) not in fresh_names]
   if missing:
     raise ValueError(f'init_from lacks {len(missing)} variables of this model '
                      f'(first: {"/".join(missing[0])}); is model.name right?')
   merged = {}
   for key, value in flat_new.items():
-    old = flat_old[key]
-    if old.shape == value.shape:
-      value = jnp.asarray(old, value.dtype)
+    if '.'.join(key) in fresh_names:
+      logging.info('init_from: new %s %s', '/'.join(key), value.shape)
     else:
-      logging.info('init_from: new %s %s (pretrained %s)', '/'.join(key),
-                   value.shape, old.shape)
+      value = jnp.asarray(flat_old[key], value.dtype)
     merged[key] = value
   return traverse_util.unflatten_dict(merged)
 
@@ -193,7 +195,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains (or resumes) in `workdir`; returns the final evaluation result
   (also written to WORKDIR/eval/step_<N>.json). Returns early with
-  {'preempted': True, 'step': N} after a SIGTERM or a Ctrl-C."""
+  {'preempted': True, 'step': N} after a SIGTERM or a Ctrl-C. With several
+  processes, a workdir they do not share is a ValueError."""
+  parallel.check_shared_workdir(workdir)
   info = data.get_dataset_info(config.data)
   config = resolve_config(config, info)
   resolution = models.input_resolution(config.data.rho,
@@ -205,15 +209,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = state_lib.abstract_train_state(config, model, resolution,
                                                   mesh)
+  fresh_names = frozenset()
+  if config.init_from and not checkpoint.saved_steps(workdir):
+    # Before anything is created or compiled: does the source fit?
+    fresh_names = pretrained.plan_transfer(
+        config.init_from, {'params': abstract_state.params,
+                           'batch_stats': abstract_state.batch_stats},
+        config.data.dataset, config.get('init_head', False))
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
+    # Another model's or optimizer's checkpoint: one line, in seconds.
+    checkpoint.check_fits(manager, manager.latest_step(), abstract_state,
+                          config)
     start_step, state = checkpoint.restore_latest(manager, abstract_state)
     logging.info('Resuming from %s', checkpoint.checkpoint_path(workdir,
                                                                 start_step))
   else:
     start_step = 0
     state = _initial_state(config, model, rng, resolution, mesh, use_ema,
-                           abstract_state.params)
+                           abstract_state.params, fresh_names)
   # Only now, with the config checked and the state restored or created.
   checkpoint.save_config(config, workdir)
 
@@ -274,11 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if saves:
         checkpoint.save(manager, step, state)
       if preempted:
-        manager.wait_until_finished()
+        checkpoint.wait_until_saved(manager)
         return {'preempted': True, 'step': step}
       if _every(step, config.eval_every_steps) and not is_last:
         run_eval(step)
-    manager.wait_until_finished()
+    checkpoint.wait_until_saved(manager)
     result = {'step': total, **run_eval(total), 'ema': use_ema,
               'checkpoint': checkpoint.checkpoint_path(workdir, total)}
     path = evaluation.write_result(workdir, result)
@@ -286,9 +300,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return result
   finally:
     preemption.restore()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    try:
+      checkpoint.close(manager)  # a failed save: CheckpointWriteError
+    finally:
+      writer.close()
 
 
 class NonFiniteMetricError(ValueError):
@@ -314,9 +329,11 @@ def _every(step: int, period: int) -> bool:
   return period > 0 and step % period == 0
 
 
-def _initial_state(config, model, rng, resolution, mesh, use_ema, params):
-  """A fresh TrainState, or one starting from `init_from` (transfer); built
-  in one compiled call (initialisers are slow to run op by op)."""
+def _initial_state(config, model, rng, resolution, mesh, use_ema, params,
+                   fresh_names=frozenset()):
+  """A fresh TrainState, or one starting from `init_from` (transfer, with
+  the variables in `fresh_names` initialised anew); built in one compiled
+  call (initialisers are slow to run op by op)."""
   tx, _ = state_lib.create_optimizer(config, params)
   variables = None
   if config.init_from:
@@ -324,7 +341,7 @@ def _initial_state(config, model, rng, resolution, mesh, use_ema, params):
     fresh = jax.jit(state_lib.init_variables, static_argnums=(0, 2))(
         model, init_rng, resolution)
     variables = _transfer(pretrained.load_pretrained(config.init_from),
-                          fresh)
+                          fresh, fresh_names)
   create = jax.jit(
       lambda rng, v: state_lib.create_train_state(
           model, tx, rng, resolution, use_ema, variables=v),

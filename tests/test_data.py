@@ -47,12 +47,6 @@ def flip_key(image):
   return min(image.tobytes(), image[:, ::-1].tobytes())
 
 
-def to_uint8(images, mean=MEAN, std=STD):
-  """Undoes (pixel / 255 - mean) / std."""
-  pixels = (images * np.float32(std) + np.float32(mean)) * 255
-  return np.round(pixels).astype(np.uint8)
-
-
 def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
@@ -128,22 +122,22 @@ def test_shape_masks_have_the_closed_form_areas_and_mirror_symmetry():
 # Training batches.
 
 
-def test_train_epoch_is_the_split_normalised_flipped_and_reshuffled(data_dir):
-  config = make_config(data_dir, mean=MEAN, std=STD, **IDENTITY_CROP)
+def test_train_epoch_is_the_split_as_uint8_flipped_and_reshuffled(data_dir):
+  config = make_config(data_dir, **IDENTITY_CROP)
   iterator = data.create_train_iterator(config, global_batch_size=8,
                                         resolution=SIDE, seed=0)
   batches = take(iterator, 50)  # two epochs of 200
   for batch in batches:
     assert set(batch) == {'image', 'label'}
     assert batch['image'].shape == (8, SIDE, SIDE, 3)
-    assert batch['image'].dtype == np.float32
+    assert batch['image'].dtype == np.uint8
     assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
 
   images, labels = stored(data_dir, 'train')
   by_key = {flip_key(image): (image, label)
             for image, label in zip(images, labels)}
   for epoch in (batches[:25], batches[25:]):
-    seen = to_uint8(concat(epoch, 'image'))
+    seen = concat(epoch, 'image')
     keys = [flip_key(image) for image in seen]
     assert sorted(keys) == sorted(by_key)  # each example exactly once
     flipped = 0
@@ -214,7 +208,7 @@ def test_train_resumes_exactly_across_epoch_boundaries(data_dir):
 
 
 def test_train_processes_read_disjoint_slices_covering_the_split(data_dir):
-  config = make_config(data_dir, mean=MEAN, std=STD, **IDENTITY_CROP)
+  config = make_config(data_dir, **IDENTITY_CROP)
   keys = []
   for process_index in (0, 1):
     iterator = data.create_train_iterator(
@@ -222,7 +216,7 @@ def test_train_processes_read_disjoint_slices_covering_the_split(data_dir):
         process_index=process_index, process_count=2)
     epoch = take(iterator, 25)  # 100 examples of 4 per batch
     assert epoch[0]['image'].shape == (4, SIDE, SIDE, 3)
-    keys.append({flip_key(image) for image in to_uint8(concat(epoch, 'image'))})
+    keys.append({flip_key(image) for image in concat(epoch, 'image')})
   images, _ = stored(data_dir, 'train')
   assert len(keys[0]) == len(keys[1]) == 100
   assert not keys[0] & keys[1]
@@ -234,7 +228,7 @@ def test_train_processes_read_disjoint_slices_covering_the_split(data_dir):
 
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_eval_counts_every_example_exactly_once(data_dir, process_count):
-  config = make_config(data_dir, mean=MEAN, std=STD, eval_crop_fraction=1.0)
+  config = make_config(data_dir, eval_crop_fraction=1.0)
   per_process = []
   for process_index in range(process_count):
     per_process.append(list(data.create_eval_iterator(
@@ -247,12 +241,13 @@ def test_eval_counts_every_example_exactly_once(data_dir, process_count):
   for batches in per_process:
     for batch in batches:
       assert batch['image'].shape == (local, SIDE, SIDE, 3)
-      assert batch['image'].dtype == np.float32
+      assert batch['image'].dtype == np.uint8
       assert batch['label'].dtype == np.int32
     mask = concat(batches, 'mask')
     count = int(mask.sum())
     np.testing.assert_array_equal(mask, np.arange(len(mask)) < count)
-    seen_images.append(to_uint8(concat(batches, 'image')[:count]))
+    seen_images.append(concat(batches, 'image')[:count])
+    assert not concat(batches, 'image')[count:].any()  # zero padding
     seen_labels.append(concat(batches, 'label')[:count])
   assert sorted(len(labels) for labels in seen_labels) == sorted(
       [75] if process_count == 1 else [37, 38])
@@ -264,12 +259,36 @@ def test_eval_counts_every_example_exactly_once(data_dir, process_count):
 
 
 def test_eval_center_crop_takes_the_middle(data_dir):
-  config = make_config(data_dir, mean=MEAN, std=STD, eval_crop_fraction=0.5)
+  config = make_config(data_dir, eval_crop_fraction=0.5)
   batch = next(data.create_eval_iterator(config, global_batch_size=75,
                                          resolution=16))
   images, _ = stored(data_dir, 'test')
   expected = {image[8:24, 8:24].tobytes() for image in images}
-  assert {image.tobytes() for image in to_uint8(batch['image'])} == expected
+  assert batch['image'].dtype == np.uint8
+  assert {image.tobytes() for image in batch['image']} == expected
+
+
+# Normalisation (on the device in the steps, on the host for LiteRT).
+
+
+def test_normalise_is_the_formula_on_numpy_and_in_jit():
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3), np.uint8)
+  pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255
+  by_hand = ((pixels / 255 - np.asarray(MEAN)) / np.asarray(STD))
+  on_host = data.normalise(pixels, MEAN, STD)
+  assert isinstance(on_host, np.ndarray) and on_host.dtype == np.float32
+  np.testing.assert_allclose(on_host, by_hand, rtol=1e-6, atol=1e-6)
+  jitted = jax.jit(lambda x: data.normalise(x, MEAN, STD))(pixels)
+  assert jitted.dtype == np.float32
+  np.testing.assert_allclose(jitted, on_host, rtol=1e-6, atol=1e-6)
+  bf16 = jax.jit(lambda x: data.normalise(x, MEAN, STD, jax.numpy.bfloat16))(
+      pixels)
+  assert bf16.dtype == jax.numpy.bfloat16
+  np.testing.assert_allclose(np.float32(bf16), on_host, rtol=1e-2, atol=1e-2)
+  with pytest.raises(ValueError, match='data.mean and data.std'):
+    data.normalise(pixels, MEAN[:2], STD)
+  with pytest.raises(ValueError, match='data.mean and data.std'):
+    data.normalise(pixels, MEAN, (0.5, 0.0, 0.5))
 
 
 # Other sources and bad input.
@@ -287,8 +306,7 @@ def test_image_folder_dataset(tmp_path):
                          tf.io.encode_png(image))
         written[split].append((image.tobytes(), label))
   config = make_config(None, dataset=f'folder:{tmp_path}', train_split='train',
-                       eval_split='val', mean=MEAN, std=STD,
-                       eval_crop_fraction=1.0)
+                       eval_split='val', eval_crop_fraction=1.0)
 
   info = data.get_dataset_info(config)
   assert info.num_classes == 2
@@ -302,7 +320,7 @@ def test_image_folder_dataset(tmp_path):
         config, global_batch_size=4, resolution=20,
         process_index=process_index, process_count=2):
       seen += [(image.tobytes(), label) for image, label, mask in zip(
-          to_uint8(batch['image']), batch['label'], batch['mask']) if mask]
+          batch['image'], batch['label'], batch['mask']) if mask]
   assert sorted(seen) == sorted(written['val'])
 
 
@@ -341,7 +359,7 @@ def test_mock_data_passes_through_the_pipeline(tmp_path, name, num_classes,
   assert info.num_train_examples == num_examples
   for batch in train + evaluation:
     assert batch['image'].shape == (4, 32, 32, 3)
-    assert np.isfinite(batch['image']).all()
+    assert batch['image'].dtype == np.uint8
     assert ((0 <= batch['label']) & (batch['label'] < num_classes)).all()
   assert len(evaluation) == 2
   assert concat(evaluation, 'mask').sum() == num_examples

@@ -1,19 +1,39 @@
-"""Faults: a launch that fails leaves the workdir as it was; a diverged run
+"""Faults: a launch that fails leaves the workdir as it was (a checkpoint
+or init_from of another model is one line, from metadata); a diverged run
 stops with the step and the metric, keeping its last good checkpoint; an
 unreadable newest checkpoint is set aside and the run resumes from the one
-before."""
+before; a failed checkpoint write keeps the older ones; evaluations of
+other settings go beside training's result."""
 
 import glob
+import json
 import os
+import shutil
+import subprocess
 
 import jax
 import numpy as np
 import pytest
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import evaluation
 from mobilenet_jax import train
 
-from conftest import restored_state, tiny_config
+from conftest import (REPO, main_command, restored_state, tiny_config,
+                      tiny_overrides)
+
+EMA = {'optim.ema_decay': 0.9}
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_dir, tmp_path_factory):
+  """A finished two-step run with EMA and a checkpoint at each step. Treat
+  it as read-only: a test that changes it works on a copy."""
+  workdir = tmp_path_factory.mktemp('finished') / 'run'
+  train.train_and_evaluate(
+      tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
+                  **EMA), str(workdir))
+  return workdir
 
 
 def _files(workdir):
@@ -27,23 +47,93 @@ def _files(workdir):
 
 
 @pytest.mark.slow
-def test_failed_launches_leave_the_workdir_as_it_was(data_dir, tmp_path):
+def test_failed_launches_leave_the_workdir_as_it_was(data_dir, finished_run,
+                                                     tmp_path):
   fresh = tmp_path / 'fresh'
   with pytest.raises(ValueError, match='optim.name must be one of'):
     train.train_and_evaluate(
         tiny_config(data_dir, **{'optim.name': 'adamax'}), str(fresh))
   assert not fresh.exists()
 
+  # A rerun with another model or optimizer: one line naming the fields and
+  # arrays that differ, from the checkpoint's metadata (nothing compiled).
   finished = tmp_path / 'finished'
-  train.train_and_evaluate(
-      tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1),
-      str(finished))
+  shutil.copytree(finished_run, finished)
   before = _files(finished)
-  other_model = tiny_config(data_dir, num_train_steps=2,
-                            **{'model.name': 'mobilenet_v2'})
-  with pytest.raises(ValueError, match='does not fit this TrainState'):
-    train.train_and_evaluate(other_model, str(finished))
+  for overrides, named in [
+      ({'model.name': 'mobilenet_v2'},
+       "model.name 'mobilenet_v1' saved, 'mobilenet_v2' here"),
+      ({'model.alpha': 0.5}, 'model.alpha 0.25 saved, 0.5 here'),
+      ({'optim.name': 'sgd'}, "optim.name 'adamw' saved, 'sgd' here")]:
+    config = tiny_config(data_dir, num_train_steps=2, **EMA, **overrides)
+    with pytest.raises(ValueError, match='does not fit this TrainState') as e:
+      train.train_and_evaluate(config, str(finished))
+    message = str(e.value)
+    assert '\n' not in message and named in message, message
+    assert 'of another shape' in message or 'not in the checkpoint' in message
   assert _files(finished) == before  # config.json too; nothing set aside
+
+  # init_from another model: one line, before anything is created.
+  for overrides in ({'model.name': 'mobilenet_v2'}, {'model.alpha': 0.5}):
+    config = tiny_config(data_dir, init_from=str(finished_run), **overrides)
+    with pytest.raises(ValueError, match='does not fit this model') as e:
+      train.train_and_evaluate(config, str(fresh))
+    assert '\n' not in str(e.value) and 'saved,' in str(e.value)
+  assert not fresh.exists()
+
+
+@pytest.mark.slow
+def test_evaluations_of_other_settings_go_beside_trainings_result(
+    finished_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  own_path = workdir / 'eval' / 'step_2.json'
+  own = own_path.read_bytes()
+  half = evaluation.Evaluator(str(workdir), split='test[:50%]').evaluate(2)
+  raw = evaluation.Evaluator(str(workdir), use_ema=False).evaluate(2)
+  again = evaluation.Evaluator(str(workdir)).evaluate(2)  # training's own
+  assert own_path.read_bytes() == own  # never replaced
+  assert sorted(os.listdir(workdir / 'eval')) == [
+      'step_2.json', 'step_2.test.raw.json', 'step_2.test_to50pct.ema.json']
+  trained = json.loads(own)
+  assert {**again, 'checkpoint': None} == {**trained, 'checkpoint': None}
+  saved = json.loads((workdir / 'eval' / 'step_2.test_to50pct.ema.json')
+                     .read_text())
+  assert saved == half and half['split'] == 'test[:50%]' and half['ema']
+  assert half['num_examples'] < trained['num_examples']
+  assert raw['ema'] is False and raw['split'] == 'test'
+  assert raw['num_examples'] == trained['num_examples']
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_keeps_the_older_ones(data_dir, finished_run,
+                                                        tmp_path):
+  pytest.importorskip('resource')  # Unix: RLIMIT_FSIZE
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  kept = _files(workdir / checkpoint.CHECKPOINT_SUBDIR)
+
+  overrides = tiny_overrides(data_dir, num_train_steps=4,
+                             checkpoint_every_steps=1, **EMA)
+  # Files over 256 KiB fail to write (EFBIG, a real OS error), as on a full
+  # disk: the checkpoint's largest file is about 2 MB, the others smaller.
+  limit = ('import os, resource, sys; resource.setrlimit('
+           'resource.RLIMIT_FSIZE, (256 * 1024, resource.getrlimit('
+           'resource.RLIMIT_FSIZE)[1])); os.execv(sys.executable, '
+           '[sys.executable] + sys.argv[1:])')
+  command = main_command(overrides, workdir)
+  result = subprocess.run(
+      [command[0], '-c', limit, *command[1:]], cwd=REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+           'JAX_ENABLE_COMPILATION_CACHE': 'false'},
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: could not write the checkpoint of step 3 in workdir '
+      f'{workdir}: [Errno 27] File too large; checkpoints kept: 1, 2')
+  # Steps 1 and 2 as they were, no partial step 3, and step 2 restores.
+  assert _files(workdir / checkpoint.CHECKPOINT_SUBDIR) == kept
+  assert int(restored_state(str(workdir)).step) == 2
 
 
 @pytest.mark.slow

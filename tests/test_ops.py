@@ -79,12 +79,13 @@ def _train_step_jaxpr(model, resolution=32, batch_size=2):
   tx = optax.sgd(0.1)
   state = jax.eval_shape(lambda: state_lib.create_train_state(
       model, tx, jax.random.key(0), resolution, use_ema=False))
-  batch = {'image': jnp.zeros((batch_size, resolution, resolution, 3)),
+  batch = {'image': jnp.zeros((batch_size, resolution, resolution, 3),
+                             jnp.uint8),
            'label': jnp.zeros((batch_size,), jnp.int32)}
   step = functools.partial(
       train.train_step, model=model, tx=tx, schedule=lambda _: 0.1,
       num_classes=5, label_smoothing=0.1, ema_decay=0.0,
-      frozen_backbone=False)
+      frozen_backbone=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
   return jax.make_jaxpr(step)(state, batch).jaxpr
 
 

@@ -18,6 +18,7 @@ from mobilenet_jax import step_profile
      'while/body/closed_call/mul', ('backward', 'depthwise/conv')),
     ('jit(step)/MobileNet/block_18/conv/dot_general', ('forward', 'conv')),
     ('jit(step)/MobileNet/block_3/add', ('forward', 'add')),
+    ('jit(step)/MobileNet/block_3/block_3.residual/add', ('forward', 'add')),
     ('jit(train_step)/add', ('forward', step_profile.OUTSIDE_MODEL)),
 ])
 def test_layer_of(op_name, expected):

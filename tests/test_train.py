@@ -13,6 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
@@ -27,6 +28,8 @@ from mobilenet_jax import train
 
 from conftest import (REPO, main_command, restored_state, tiny_config,
                       tiny_overrides)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def flat(tree):
@@ -104,10 +107,12 @@ def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path,
   run_subprocess(command, cwd=tmp_path)
   again = json.loads((workdir / 'eval' / 'step_6.json').read_text())
   assert again == final
-  # --all evaluates every kept checkpoint (steps 3 and 6), without EMA too.
+  # --all evaluates every kept checkpoint (steps 3 and 6), without EMA too:
+  # beside training's result, not over it.
   run_subprocess(command[:-1] + ['--all', '--use_ema=false'], cwd=tmp_path)
-  at_3 = json.loads((workdir / 'eval' / 'step_3.json').read_text())
+  at_3 = json.loads((workdir / 'eval' / 'step_3.test.raw.json').read_text())
   assert at_3['step'] == 3 and at_3['ema'] is False
+  assert json.loads((workdir / 'eval' / 'step_6.json').read_text()) == final
 
 
 @pytest.mark.slow
@@ -289,11 +294,13 @@ def test_train_step_ema_is_the_decayed_average_of_the_variables():
   state = state_lib.create_train_state(model, tx, key, 32, use_ema=True,
                                        variables=variables)
   rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32),
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (4, 32, 32, 3)),
+                                jnp.uint8),
            'label': jnp.asarray([0, 1, 2, 3])}
   step = functools.partial(
       train.train_step, model=model, tx=tx, schedule=schedule, num_classes=4,
-      label_smoothing=0.1, ema_decay=0.9999, frozen_backbone=False)
+      label_smoothing=0.1, ema_decay=0.9999, frozen_backbone=False,
+      mean=MEAN, std=STD)
   new = jax.jit(step)(state, batch)[0]
   decay = 1 / 10  # TF's warm-up at step 0: min(0.9999, (1 + 0) / (10 + 0))
   expected = jax.tree.map(
@@ -347,7 +354,7 @@ def test_bad_settings_fail_before_training(data_dir, tmp_path):
   with pytest.raises(ValueError, match='num_train_steps or num_epochs'):
     train.train_and_evaluate(tiny_config(data_dir, num_train_steps=0),
                              str(tmp_path))
-  with pytest.raises(ValueError, match='model name must be one of'):
+  with pytest.raises(ValueError, match='model.name must be one of'):
     train.train_and_evaluate(tiny_config(data_dir, **{'model.name': 'resnet'}),
                              str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists()
@@ -356,9 +363,68 @@ def test_bad_settings_fail_before_training(data_dir, tmp_path):
 def test_evaluations_of_one_run_share_one_compiled_eval_step():
   mesh = parallel.create_mesh()
   first, again = (evaluation.jit_eval_step(
-      models.create_model('mobilenet_v1', num_classes=4, alpha=0.25), 4, mesh)
-                  for _ in range(2))
+      models.create_model('mobilenet_v1', num_classes=4, alpha=0.25), 4, mesh,
+      MEAN, STD) for _ in range(2))
   assert first is again
   other = evaluation.jit_eval_step(
-      models.create_model('mobilenet_v1', num_classes=4, alpha=0.5), 4, mesh)
+      models.create_model('mobilenet_v1', num_classes=4, alpha=0.5), 4, mesh,
+      MEAN, STD)
   assert other is not first
+
+
+# The pixels by hand in numpy: what the input pipeline yielded before it
+# yielded uint8. With mean 0 and std 1/255 (255 * std is exactly 1 in
+# float32) the steps' normalisation is the identity, i.e. the old float path.
+IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
+
+
+def _by_hand(pixels, mean=MEAN, std=STD):
+  return ((pixels.astype(np.float32) / 255 - np.float32(mean)) /
+          np.float32(std)).astype(np.float32)
+
+
+@pytest.mark.parametrize('dtype', [
+    'float32', pytest.param('bfloat16', marks=pytest.mark.slow)])
+def test_steps_normalise_uint8_images_as_the_float_path_did(dtype):
+  assert np.all(255 * np.float32(IDENTITY['std']) == 1)
+  model = models.create_model('mobilenet_v1', num_classes=4, alpha=0.25,
+                              dtype=dtype, ops='reference')
+  key = jax.random.PRNGKey(0)
+  variables = state_lib.init_variables(model, key, 32)
+  tx, schedule = optax.sgd(0.1), lambda _: 0.1
+  state = state_lib.create_train_state(model, tx, key, 32, use_ema=False,
+                                       variables=variables)
+  # A batch of 16: BatchNorm over fewer examples amplifies rounding.
+  pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3),
+                                             np.uint8)
+  labels = jnp.asarray(np.arange(16) % 4)
+  uint8 = {'image': jnp.asarray(pixels), 'label': labels}
+  floats = {'image': jnp.asarray(_by_hand(pixels)), 'label': labels}
+  step = functools.partial(
+      train.train_step, model=model, tx=tx, schedule=schedule, num_classes=4,
+      label_smoothing=0.1, ema_decay=0.0, frozen_backbone=False)
+  new, metrics = jax.jit(functools.partial(step, mean=MEAN, std=STD))(
+      state, uint8)
+  old, old_metrics = jax.jit(functools.partial(step, **IDENTITY))(state,
+                                                                   floats)
+  # The inputs differ by float32 rounding (a few ulp), bfloat16's after the
+  # cast at most by one bfloat16 ulp here and there.
+  tolerance = 1e-4 if dtype == 'float32' else 3e-2
+  np.testing.assert_allclose(metrics['loss'], old_metrics['loss'],
+                             rtol=tolerance)
+  # Each variable's change, relative to the largest change of that variable.
+  before = flat({'params': state.params, 'stats': state.batch_stats})
+  for key, value in flat({'params': new.params,
+                          'stats': new.batch_stats}).items():
+    expected = flat({'params': old.params, 'stats': old.batch_stats})[key]
+    change = np.abs(expected - before[key]).max()
+    assert np.abs(value - expected).max() <= tolerance * change, key
+
+  mask = jnp.asarray(np.arange(16) < 13, jnp.float32)
+  eval_step = functools.partial(evaluation.eval_step, model=model,
+                                num_classes=4)
+  sums = jax.jit(functools.partial(eval_step, mean=MEAN, std=STD))(
+      variables, {**uint8, 'mask': mask})
+  old_sums = jax.jit(functools.partial(eval_step, **IDENTITY))(
+      variables, {**floats, 'mask': mask})
+  assert_trees_close(sums, old_sums, rtol=tolerance, atol=0)

@@ -20,7 +20,9 @@ Preprocessing. Train: Inception-style random crop (a random area fraction in
 Szegedy et al. 2015, "Going deeper with convolutions", section 6), resize to
 `resolution`, random horizontal flip. Eval: central square crop of side
 `eval_crop_fraction * min(height, width)` (0.875: 224 out of 256), resize.
-Resizing is bilinear with antialiasing. Both end with
+Resizing is bilinear with antialiasing. Both end rounded and clipped to
+uint8 pixels: batches cross to the device at a quarter of float32's bytes,
+and the jitted steps normalise them there with `normalise`,
 `(pixel / 255 - mean) / std`. JPEG datasets decode and crop in one op
 (`tf.image.decode_and_crop_jpeg` on the undecoded bytes), so only the crop
 window is decoded.
@@ -55,9 +57,10 @@ defaults, and a missing one is a ValueError naming it):
     (Inception: 0.08-1.0; for `shapes` about (0.35, 1.0) keeps shapes whole).
   crop_aspect_ratio_range: (min, max) crop width / height.
   eval_crop_fraction: central crop side / shorter image side, in (0, 1].
-  mean, std: per-channel RGB statistics in [0, 1] units (ImageNet's:
-    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)); Keras Applications
-    weights expect mean = std = (0.5, 0.5, 0.5), i.e. inputs in [-1, 1].
+  mean, std: not read by the iterators; per-channel RGB statistics in
+    [0, 1] units for `normalise` (ImageNet's: (0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225)); Keras Applications weights expect
+    mean = std = (0.5, 0.5, 0.5), i.e. inputs in [-1, 1].
 """
 
 import dataclasses
@@ -303,19 +306,30 @@ def _check_range(data_config, name: str, low: float, high: float) -> tuple:
   return value
 
 
-def _normaliser(data_config):
-  """pixel in [0, 255] -> (pixel / 255 - mean) / std."""
-  mean = np.asarray(_field(data_config, 'mean'), np.float32)
-  std = np.asarray(_field(data_config, 'std'), np.float32)
+def normalise(images, mean, std, dtype=np.float32):
+  """Pixels in [0, 255] (the iterators' uint8) -> `(pixel / 255 - mean) /
+  std` in `dtype`, per RGB channel (the last axis).
+
+  The one normalisation of the codebase: the jitted train and eval steps
+  call it on the device (a jax array in, a jax array out), export's int8
+  calibration and LiteRT evaluation on the host (numpy in, numpy out), so
+  an exported model takes exactly what the steps fed the network. `mean`
+  and `std` are 3 values each in [0, 1] units (`config.data`); anything
+  else is a ValueError.
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
   if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
     raise ValueError(f'data.mean and data.std must be 3 values each, std > 0; '
                      f'got {mean.tolist()}, {std.tolist()}')
-  return lambda image: (image - 255 * mean) / (255 * std)
+  return ((images.astype(np.float32) - 255 * mean) / (255 * std)).astype(dtype)
 
 
 def _resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
+  """Bilinear (antialiased) to `resolution`, rounded to uint8 pixels."""
   image = tf.image.resize(image, [resolution, resolution], method='bilinear',
                           antialias=True)
+  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   return tf.ensure_shape(image, [resolution, resolution, 3])
 
 
@@ -370,11 +384,11 @@ def create_train_iterator(data_config, *, global_batch_size: int,
                           process_count: int | None = None) -> Iterator[dict]:
   """Endless augmented training batches of this process's slice.
 
-  Yields {'image': float32 [B, resolution, resolution, 3] normalised,
-  'label': int32 [B]} with B = global_batch_size // process_count; the k-th
-  batch depends only on (seed, process, k), so `start_step=k` resumes
-  exactly (see the module docstring). process_index / process_count default
-  to jax's.
+  Yields {'image': uint8 [B, resolution, resolution, 3] (pixels, not
+  normalised: see `normalise`), 'label': int32 [B]} with
+  B = global_batch_size // process_count; the k-th batch depends only on
+  (seed, process, k), so `start_step=k` resumes exactly (see the module
+  docstring). process_index / process_count default to jax's.
   """
   process_index, process_count = _process(process_index, process_count)
   batch_size = _local_batch_size(global_batch_size, process_count)
@@ -384,7 +398,6 @@ def create_train_iterator(data_config, *, global_batch_size: int,
   area_range = _check_range(data_config, 'crop_area_range', 0, 1)
   aspect_range = _check_range(data_config, 'crop_aspect_ratio_range', 0,
                               math.inf)
-  normalise = _normaliser(data_config)
   shuffle_buffer = _field(data_config, 'shuffle_buffer')
   if not (isinstance(shuffle_buffer, int) and shuffle_buffer > 0):
     raise ValueError(
@@ -448,8 +461,9 @@ def create_train_iterator(data_config, *, global_batch_size: int,
     else:
       image = tf.slice(image, begin, size)
     image = _resize(image, resolution)
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return {'image': normalise(image), 'label': tf.cast(label, tf.int32)}
+    if data_config.get('random_flip', True):  # off: digits, text
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return {'image': image, 'label': tf.cast(label, tf.int32)}
 
   start_epoch, offset = divmod(start_step * batch_size, num_examples)
   ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
@@ -462,7 +476,8 @@ def create_eval_iterator(data_config, *, global_batch_size: int,
                          process_count: int | None = None) -> Iterator[dict]:
   """One pass over this process's slice of the eval split.
 
-  Yields {'image', 'label', 'mask': float32 [B]} batches of B =
+  Yields {'image' (uint8, as the training batches), 'label',
+  'mask': float32 [B]} batches of B =
   global_batch_size // process_count. The last batches are padded (zero
   image, label 0, mask 0) so that every process yields the same number of
   batches, ceil(largest slice / B), all of the same shape; every example
@@ -475,7 +490,6 @@ def create_eval_iterator(data_config, *, global_batch_size: int,
   if not 0 < fraction <= 1:
     raise ValueError(
         f'data.eval_crop_fraction must be in (0, 1], got {fraction!r}')
-  normalise = _normaliser(data_config)
 
   source = _source(data_config)
   split = _field(data_config, 'eval_split')
@@ -499,13 +513,13 @@ def create_eval_iterator(data_config, *, global_batch_size: int,
           image, tf.stack([top, left, side, side]), channels=3)
     else:
       image = image[top:top + side, left:left + side]
-    return {'image': normalise(_resize(image, resolution)),
+    return {'image': _resize(image, resolution),
             'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)}
 
   ds = source.read(split, process_index, process_count).map(
       preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([resolution, resolution, 3]),
+      'image': tf.zeros([resolution, resolution, 3], tf.uint8),
       'label': tf.constant(0), 'mask': tf.constant(0.0)})
   ds = ds.concatenate(
       padding.repeat(num_batches * batch_size - sizes[process_index]))
