@@ -2,15 +2,23 @@
 
 These are the `reference` op set (`mobilenet_jax.ops`): `nn.Conv` for every
 convolution, depthwise ones as `nn.Conv(feature_group_count=C)`,
-`nn.BatchNorm`, no custom gradients. Conventions follow the authors'
-TensorFlow references (TF-slim, Keras Applications): NHWC, 'SAME' padding
-(the extra pixel after, on stride 2), BatchNorm epsilon 1e-3.
+`nn.BatchNorm`, no custom gradients in float32. Conventions follow the
+authors' TensorFlow references (TF-slim, Keras Applications): NHWC, 'SAME'
+padding (the extra pixel after, on stride 2), BatchNorm epsilon 1e-3.
+
+With a lower-precision compute dtype (bfloat16 on TPU), every `nn.Conv` and
+`nn.Dense` gets `low_precision_kwargs`: the same forward pass, but weight and
+bias gradients computed and summed over the batch in float32, so that their
+all-reduce across devices carries float32 values (`float32_weight_grad`).
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax import lax
+from jax.interpreters import ad
 import jax.numpy as jnp
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -58,6 +66,85 @@ def make_divisible(value: float, divisor: int = 8) -> int:
   return rounded
 
 
+def float32_weight_grad(op: Callable) -> Callable:
+  """`op` (`lax.conv_general_dilated` or `lax.dot_general`) for a kernel kept
+  in float32: the forward pass casts it to the input's dtype and computes
+  exactly `op` in that dtype; the backward pass computes the input gradient
+  as autodiff would (in the input's dtype) and the kernel gradient with
+  `preferred_element_type=float32`, so the contraction over the batch
+  accumulates and emits float32 and no bfloat16 rounding comes between it
+  and the float32 parameter (nor its all-reduce, which the SPMD partitioner
+  places at the contraction's output).
+
+  Plain autodiff cannot say this: `op(..., preferred_element_type=f32)`
+  transposes into a float32 convolution over a float32 copy of the
+  activations, cast back to the kernel's dtype. The kernel gradient here is
+  JAX's own transpose rule for `op`'s primitive (the same padding, dilation
+  and feature-group handling), given float32 as its preferred element type.
+  """
+
+  @functools.wraps(op)
+  def wrapped(lhs, rhs, *args, **kwargs):
+    def forward(x, w):
+      return op(x, w.astype(x.dtype), *args, **kwargs)
+
+    @jax.custom_vjp
+    def apply(x, w):
+      return forward(x, w)
+
+    def apply_fwd(x, w):
+      return forward(x, w), (x, w)
+
+    def apply_bwd(residuals, g):
+      x, w = residuals
+      w_low = w.astype(x.dtype)
+      # The primitive and its canonical parameters (padding pairs,
+      # dimension numbers, precision), as `op` binds them.
+      (eqn,) = jax.make_jaxpr(lambda x, w: op(x, w, *args, **kwargs))(
+          x, w_low).eqns
+      transpose = ad.primitive_transposes[eqn.primitive]
+      dx, _ = transpose(g, ad.UndefinedPrimal(jax.typeof(x)), w_low,
+                        **eqn.params)
+      params = {**eqn.params, 'preferred_element_type': jnp.float32}
+      _, dw = transpose(g, x, ad.UndefinedPrimal(
+          jax.typeof(w).update(dtype=jnp.float32)), **params)
+      return dx, dw.astype(w.dtype)
+
+    apply.defvjp(apply_fwd, apply_bwd)
+    return apply(lhs, rhs)
+
+  return wrapped
+
+
+def _promote_inputs_only(inputs, *params, dtype=None, inexact=True):
+  """A Flax `promote_dtype` that casts only the inputs to the compute dtype:
+  kernel and bias stay float32 (the kernel is cast inside
+  `float32_weight_grad`'s forward pass; the bias is added in float32, so its
+  gradient is summed over the batch in float32)."""
+  del inexact
+  return (inputs if inputs is None else jnp.asarray(inputs, dtype), *params)
+
+
+conv_general_dilated_f32_weight_grad = float32_weight_grad(
+    lax.conv_general_dilated)
+dot_general_f32_weight_grad = float32_weight_grad(lax.dot_general)
+
+
+def low_precision_kwargs(dtype: Any, dense: bool = False) -> dict:
+  """Extra `nn.Conv` (or `nn.Dense`, `dense=True`) arguments for compute
+  `dtype`: none in float32 (plain Flax); otherwise float32 kernel and bias
+  gradients (`float32_weight_grad`, `_promote_inputs_only`). A layer with a
+  bias then returns float32 (its bias added in float32): cast its output to
+  `dtype`."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return {}
+  if dense:
+    return {'promote_dtype': _promote_inputs_only,
+            'dot_general': dot_general_f32_weight_grad}
+  return {'promote_dtype': _promote_inputs_only,
+          'conv_general_dilated': conv_general_dilated_f32_weight_grad}
+
+
 # He-normal over the outputs, as the TF references (MnasNet, Keras
 # Applications' V3). For a depthwise kernel, shape (k, k, 1, C), that is
 # variance 2 / (k*k*C): the scale of Keras' DepthwiseConv2D default
@@ -91,7 +178,8 @@ class ConvBN(nn.Module):
     x = nn.Conv(x.shape[-1] if self.depthwise else self.features,
                 (self.kernel_size, self.kernel_size), self.strides,
                 padding='SAME', feature_group_count=groups, use_bias=False,
-                kernel_init=KERNEL_INIT, dtype=self.dtype, name='conv')(x)
+                kernel_init=KERNEL_INIT, dtype=self.dtype, name='conv',
+                **low_precision_kwargs(self.dtype))(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
     return ACTIVATIONS[self.activation](x)
@@ -110,8 +198,10 @@ class SqueezeExcite(nn.Module):
   def __call__(self, x):
     channels = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    low = low_precision_kwargs(self.dtype)
     s = nn.Conv(self.squeeze_features, (1, 1), dtype=self.dtype,
-                name='reduce')(s)
+                name='reduce', **low)(s).astype(self.dtype)
     s = nn.relu(s)
-    s = nn.Conv(channels, (1, 1), dtype=self.dtype, name='expand')(s)
+    s = nn.Conv(channels, (1, 1), dtype=self.dtype, name='expand',
+                **low)(s).astype(self.dtype)
     return x * hard_sigmoid(s)

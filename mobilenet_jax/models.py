@@ -13,28 +13,19 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mobilenet_jax import config_check
 from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import specs
 from mobilenet_jax.blocks import (DepthwiseSeparable, FusedInvertedBottleneck,
                                   InvertedResidual,
                                   UniversalInvertedBottleneck)
-from mobilenet_jax.layers import ACTIVATIONS, make_divisible
+from mobilenet_jax.layers import (ACTIVATIONS, low_precision_kwargs,
+                                  make_divisible)
 
-MIN_RESOLUTION = 32
+MIN_RESOLUTION = config_check.MIN_RESOLUTION
 FEATURE_STRIDES = (4, 8, 16, 32)
 
-REGISTRY: dict[str, specs.Architecture] = {
-    'mobilenet_v1': specs.MOBILENET_V1,
-    'mobilenet_v1_standard': specs.standard_convolutions(specs.MOBILENET_V1),
-    'mobilenet_v2': specs.MOBILENET_V2,
-    'mobilenet_v3_large': specs.MOBILENET_V3_LARGE,
-    'mobilenet_v3_small': specs.MOBILENET_V3_SMALL,
-    'mobilenet_v3_large_minimal': specs.minimalistic(specs.MOBILENET_V3_LARGE),
-    'mobilenet_v3_small_minimal': specs.minimalistic(specs.MOBILENET_V3_SMALL),
-    'mobilenet_v4_conv_small': specs.MOBILENET_V4_CONV_SMALL,
-    'mobilenet_v4_conv_medium': specs.MOBILENET_V4_CONV_MEDIUM,
-    'mobilenet_v4_conv_large': specs.MOBILENET_V4_CONV_LARGE,
-}
+REGISTRY: dict[str, specs.Architecture] = specs.ARCHITECTURES
 
 # The block module of each `LayerPlan.kind` but 'conv' (an op set's conv_bn).
 BLOCKS = {
@@ -64,15 +55,8 @@ def scale_width(channels: int, alpha: float, rounding: str) -> int:
 
 def check_alpha_expansion(arch: specs.Architecture, name: str, alpha: float,
                           expansion: float | None) -> None:
-  if not alpha > 0:
-    raise ValueError(f'alpha must be > 0, got {alpha!r}')
-  if expansion is not None:
-    if not arch.has_expansion:
-      raise ValueError(
-          f'expansion must be None for {name}: it has no expansion layers '
-          f'(got {expansion!r})')
-    if not expansion > 0:
-      raise ValueError(f'expansion must be > 0, got {expansion!r}')
+  del arch  # config_check looks it up by name
+  config_check.check_alpha_expansion(name, alpha, expansion)
 
 
 def plan_layers(arch: specs.Architecture, alpha: float = 1.0,
@@ -173,6 +157,8 @@ class MobileNet(nn.Module):
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
               dtype=self.dtype)
     x = images.astype(self.dtype)
+    # Float32 kernel and bias gradients under a lower-precision dtype.
+    dense = low_precision_kwargs(self.dtype, dense=True)
     stride, features = 1, {}
     for layer in self.plan:
       args = dict(layer.args)
@@ -197,10 +183,12 @@ class MobileNet(nn.Module):
         x = op_set.conv_bn(width, 1, 1, self.head.activation, name='head',
                            **bn)(x[:, None, None, :], train)[:, 0, 0]
       else:
-        x = nn.Dense(width, dtype=self.dtype, name='head')(x)
+        x = nn.Dense(width, dtype=self.dtype, name='head',
+                     **dense)(x).astype(self.dtype)
         x = ACTIVATIONS[self.head.activation](x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier',
+                 **dense)(x)
     return x.astype(jnp.float32)
 
 
@@ -248,9 +236,9 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
     compute_dtype = jnp.dtype(dtype)
   except TypeError:  # not a dtype at all, e.g. 'bf16'
     compute_dtype = None
-  if compute_dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+  if compute_dtype not in [jnp.dtype(d) for d in config_check.DTYPES]:
     raise ValueError(
-        f'dtype must be float32, bfloat16 or float16, got {dtype!r}')
+        f'dtype must be one of {list(config_check.DTYPES)}, got {dtype!r}')
   return MobileNet(
       plan=plan_layers(arch, alpha, expansion), head=arch.head, alpha=alpha,
       num_classes=num_classes, dropout_rate=dropout_rate,

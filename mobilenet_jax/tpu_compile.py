@@ -19,8 +19,10 @@ TPU compiler and reports, per step:
 - facts read off the optimised HLO: grouped convolutions (depthwise:
   `feature_group_count` > 1, forward and input-gradient), while loops,
   all-reduces with the element types of the values they reduce (BatchNorm
-  statistics, gradients), and float32 activation-sized buffers (NHWC with
-  the per-chip batch, in memory between fusions).
+  statistics, gradients), float32 activation-sized buffers (NHWC with
+  the per-chip batch, in memory between fusions), the image parameters'
+  types, and the compiler's estimated cycles summed over the instructions
+  (`estimated_cycles` in their backend configs; a loop body counts once).
 
 These are the compiler's estimates and plans, not measurements on a TPU.
 """
@@ -74,8 +76,9 @@ def _entry_computation(hlo_text: str) -> str:
 
 def hlo_facts(hlo_text: str, batch_per_chip: int) -> dict:
   """Counts in an optimised HLO module's text (see the module docstring):
-  all-reduces and the element types of the values they reduce, and the
-  float32 NHWC buffers of the step's per-chip batch."""
+  all-reduces and the element types of the values they reduce, the
+  float32 NHWC buffers of the step's per-chip batch, the types of the
+  entry's image parameters (NHWC, 3 channels) and the estimated cycles."""
   reduced_types = collections.Counter()
   all_reduces = re.findall(r'= (.*?) all-reduce(?:-start)?\(', hlo_text)
   for result_type in all_reduces:
@@ -85,6 +88,7 @@ def hlo_facts(hlo_text: str, batch_per_chip: int) -> dict:
                                 _entry_computation(hlo_text), re.MULTILINE):
     f32_buffers.update(re.findall(
         rf'f32\[{batch_per_chip},\d+,\d+,\d+\]', result_type))
+  cycles = re.findall(r'"estimated_cycles":"?(\d+)', hlo_text)
   return {
       'grouped_convolutions': len(re.findall(
           r'feature_group_count=(?!1\b)\d+', hlo_text)),
@@ -92,6 +96,10 @@ def hlo_facts(hlo_text: str, batch_per_chip: int) -> dict:
       'all_reduces': len(all_reduces),
       'all_reduced_types': dict(sorted(reduced_types.items())),
       'f32_activation_buffers': sorted(f32_buffers),
+      'image_parameters': re.findall(
+          rf'= (\w+\[{batch_per_chip},\d+,\d+,3\])\S* parameter\(',
+          _entry_computation(hlo_text)),
+      'estimated_cycles': sum(map(int, cycles)) if cycles else None,
   }
 
 
@@ -148,7 +156,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology: str,
   def spec(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
 
-  batch = {'image': spec(images, jnp.float32),
+  batch = {'image': spec(images, jnp.uint8),
            'label': spec(images[:1], jnp.int32)}
   report = {'topology': topology, 'chips': chips,
             'device_kind': mesh.devices.flat[0].device_kind,
@@ -162,7 +170,9 @@ def compile_steps(config: ml_collections.ConfigDict, topology: str,
                       (state, batch))
   if mode in ('eval', 'both'):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    steps['eval'] = (evaluation.jit_eval_step(model, num_classes, mesh),
+    steps['eval'] = (evaluation.jit_eval_step(
+                         model, num_classes, mesh, tuple(config.data.mean),
+                         tuple(config.data.std)),
                      (variables, {**batch, 'mask': spec(images[:1],
                                                         jnp.bool_)}))
   for name, (step, args) in steps.items():
@@ -187,12 +197,14 @@ def format_report(report: dict) -> str:
         f"  {name}: compiled in {r['compile_s']:.1f} s; per chip "
         f"{r['flops'] / 1e9:.1f} GFLOP, {r['bytes_accessed'] / 1e9:.2f} GB "
         f"accessed; memory: arguments {r['argument_bytes'] / 2**20:.0f} MiB,"
-        f" temporaries {r['temp_bytes'] / 2**20:.0f} MiB")
+        f" temporaries {r['temp_bytes'] / 2**20:.0f} MiB; estimated cycles "
+        f"{r['estimated_cycles'] or 'n/a'}")
     lines.append(
         f"    {r['grouped_convolutions']} grouped convolutions, "
         f"{r['while_loops']} while loops, {r['all_reduces']} all-reduces "
         f"(values by type {r['all_reduced_types']}), f32 activation buffers "
-        f"{r['f32_activation_buffers'] or 'none'}")
+        f"{r['f32_activation_buffers'] or 'none'}, image input "
+        f"{r['image_parameters']}")
   return '\n'.join(lines)
 
 

@@ -379,3 +379,137 @@ def test_squeeze_excite_matches_numpy(op_set):
   expected = x * gate[:, None, None, :]
   np.testing.assert_allclose(jax.jit(module.apply)({'params': p}, x),
                              expected, rtol=1e-5, atol=1e-5)
+
+
+# Float32 weight gradients under bfloat16 (`layers.float32_weight_grad`).
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _bf16(rng, shape):
+  """Random values that bfloat16 holds exactly, as float32."""
+  return np.asarray(jnp.asarray(rng.normal(size=shape), jnp.bfloat16),
+                    np.float32)
+
+
+@pytest.mark.parametrize('depthwise', [False, True])
+@pytest.mark.parametrize('strides', [1, 2])
+def test_float32_weight_grad_conv_accumulates_in_float32(depthwise, strides):
+  """The forward pass and the input gradient are the plain bfloat16
+  convolution's, bit for bit; the kernel gradient is the float32-accumulated
+  one (products of bfloat16 values are exact in float32), in float32."""
+  rng = np.random.default_rng(0)
+  c = 6
+  x, w = _bf16(rng, (4, 9, 9, c)), _bf16(rng, (3, 3, 1 if depthwise else c, 8
+                                               if not depthwise else c))
+  args = dict(window_strides=(strides, strides), padding='SAME',
+              dimension_numbers=_NHWC,
+              feature_group_count=c if depthwise else 1)
+  x16 = jnp.asarray(x, jnp.bfloat16)
+
+  def plain(x, w):
+    return jax.lax.conv_general_dilated(x, w.astype(x.dtype), **args)
+
+  def ours(x, w):
+    return layers.conv_general_dilated_f32_weight_grad(x, w, **args)
+
+  y, vjp = jax.vjp(ours, x16, jnp.asarray(w))
+  y_plain, vjp_plain = jax.vjp(plain, x16, jnp.asarray(w))
+  np.testing.assert_array_equal(y, y_plain)
+  assert y.dtype == jnp.bfloat16
+  g = jnp.asarray(_bf16(rng, y.shape), jnp.bfloat16)
+  dx, dw = vjp(g)
+  dx_plain, dw_plain = vjp_plain(g)
+  np.testing.assert_array_equal(dx, dx_plain)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+
+  def exact(w):
+    return jax.lax.conv_general_dilated(
+        jnp.asarray(x), w, **args, precision=jax.lax.Precision.HIGHEST)
+
+  (dw_exact,) = jax.vjp(exact, jnp.asarray(w))[1](jnp.asarray(g, jnp.float32))
+  np.testing.assert_allclose(dw, dw_exact, rtol=1e-6, atol=1e-5)
+  # Plain autodiff rounds the kernel gradient to bfloat16 first.
+  assert (np.abs(dw_plain - dw_exact).max()
+          > 10 * np.abs(dw - dw_exact).max())
+
+
+def test_float32_weight_grad_dense_accumulates_in_float32():
+  rng = np.random.default_rng(1)
+  x, w = _bf16(rng, (64, 48)), _bf16(rng, (48, 10))
+  dims = (((1,), (0,)), ((), ()))
+  x16 = jnp.asarray(x, jnp.bfloat16)
+  y, vjp = jax.vjp(
+      lambda x, w: layers.dot_general_f32_weight_grad(x, w, dims), x16,
+      jnp.asarray(w))
+  y_plain, vjp_plain = jax.vjp(
+      lambda x, w: jax.lax.dot_general(x, w.astype(x.dtype), dims), x16,
+      jnp.asarray(w))
+  np.testing.assert_array_equal(y, y_plain)
+  g = jnp.asarray(_bf16(rng, y.shape), jnp.bfloat16)
+  (dx, dw), (dx_plain, _) = vjp(g), vjp_plain(g)
+  np.testing.assert_array_equal(dx, dx_plain)
+  assert dw.dtype == jnp.float32
+  np.testing.assert_allclose(dw, x.T @ np.asarray(g, np.float32), rtol=1e-6,
+                             atol=1e-5)
+
+
+def _gradient_producers(jaxpr):
+  """For each output of `jaxpr`, the equation that computes it, looking
+  through reshapes and transposes."""
+  producer = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+  for out in jaxpr.outvars:
+    eqn = producer.get(out)
+    while eqn is not None and eqn.primitive.name in (
+        'reshape', 'transpose', 'squeeze', 'expand_dims'):
+      eqn = producer.get(eqn.invars[0])
+    yield out, eqn
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float32'])
+def test_bfloat16_model_computes_every_parameter_gradient_in_float32(dtype):
+  """V3 (convolutions, depthwise, squeeze-and-excite with biases, the Dense
+  head and classifier) in bfloat16: each weight gradient is a convolution or
+  dot that emits float32 (preferred_element_type), each bias gradient a
+  float32 sum, none a cast from bfloat16; the forward and input-gradient
+  convolutions stay bfloat16. In float32 the network stays plain Flax."""
+  from mobilenet_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model('mobilenet_v3_small', alpha=0.35,
+                              num_classes=5, ops='reference', dtype=dtype)
+  x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  batch_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             variables['batch_stats'])
+
+  def loss(params):
+    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats},
+                            x, train=True,
+                            mutable=['batch_stats'],
+                            rngs={'dropout': jax.random.key(1)})
+    return logits.sum()
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(variables['params']).jaxpr
+  convs = [e for e in jaxpr.eqns if e.primitive.name == 'conv_general_dilated']
+  if dtype == 'float32':
+    assert layers.low_precision_kwargs(jnp.float32) == {}
+    forward = jax.make_jaxpr(loss)(variables['params']).jaxpr
+    assert not any('custom' in e.primitive.name and 'vjp' in e.primitive.name
+                   for e in forward.eqns)
+    assert all(e.outvars[0].aval.dtype == jnp.float32 for e in convs)
+    return
+  kernels = 0
+  for out, eqn in _gradient_producers(jaxpr):
+    assert out.aval.dtype == jnp.float32
+    assert eqn.primitive.name != 'convert_element_type', eqn
+    if eqn.primitive.name in ('conv_general_dilated', 'dot_general'):
+      kernels += 1
+      assert eqn.params['preferred_element_type'] == jnp.float32
+      assert {v.aval.dtype for v in eqn.invars} == {jnp.dtype(jnp.bfloat16)}
+  n_kernels = sum(1 for path, _ in jax.tree_util.tree_flatten_with_path(
+      variables['params'])[0] if path[-1].key == 'kernel')
+  assert kernels == n_kernels
+  weight_grads = [e for e in convs if e.outvars[0].aval.dtype == jnp.float32]
+  assert len(weight_grads) == n_kernels - 2  # all but the Dense layers
+  for eqn in convs:
+    if eqn not in weight_grads:
+      assert eqn.outvars[0].aval.dtype == jnp.bfloat16
