@@ -2,7 +2,8 @@ r"""Export to LiteRT (TFLite): float, dynamic-range or full-integer int8.
 
   python -m mobilenet_jax.export --source=DIR [--step=N] [--use_ema=true|false] \
       [--resolution=R] [--quantize=none|dynamic|int8] [--float_io] \
-      [--calibration_examples=N] --output=PATH.tflite
+      [--calibration_examples=N] [--calibration_dataset=NAME] \
+      --output=PATH.tflite
 
 DIR is what `init_from` accepts: a training workdir (its latest checkpoint or
 `--step`; the EMA weights when the run kept them, unless `--use_ema=false`)
@@ -11,17 +12,21 @@ jax2tf (StableHLO) into a `tf.function` of one fixed [1, R, R, 3] float32
 input (a polymorphic batch loses the converter's fusions), then TF's
 TFLiteConverter with builtin ops only: BatchNorm folds into the
 convolutions, depthwise convolutions become DEPTHWISE_CONV_2D, hard-swish
-HARD_SWISH. R defaults to the run's resolution (224 for a converted model).
+HARD_SWISH, and each global average pool (`jnp.mean` over H and W) one
+AVERAGE_POOL_2D (`pools_as_one_op`). R defaults to the run's resolution
+(224 for a converted model).
 
 Quantization: `dynamic` stores int8 weights (float activations); `int8` is
 full-integer, calibrated on the first `calibration_examples` of the run's
 training split through its eval preprocessing, with int8 input and output
-(float32 with `--float_io`). A converted model has no data, so no `int8`.
+(float32 with `--float_io`). `--calibration_dataset` names another dataset
+(its training split) to calibrate on; a converted model, which has no data,
+needs one, with configs/default.py's preprocessing and [-1, 1] inputs.
 
 Writes PATH.tflite and PATH.json = {"model", "alpha", "expansion",
 "num_classes", "resolution", "mean", "std", "quantization", "float_io",
-"calibration_examples", "source", "checkpoint", "step", "ema",
-"size_bytes", "op_counts"} (`step` None for a converted model), both via
+"calibration_examples", "calibration_dataset", "source", "checkpoint",
+"step", "ema", "size_bytes", "op_counts"} (`step` None for a converted model), both via
 temporary files renamed at the end: an error writes nothing.
 """
 
@@ -35,6 +40,7 @@ from absl import app
 from absl import flags
 import jax
 from jax.experimental import jax2tf
+from jax.extend import core as jax_core
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -119,7 +125,9 @@ def load_source(directory: str, step: int | None = None,
 def calibration_images(data_config, resolution: int,
                        num_examples: int) -> np.ndarray:
   """The first `num_examples` images of the training split (fewer if it is
-  smaller) through the eval preprocessing: [n, R, R, 3] float32."""
+  smaller) through the eval preprocessing, normalised with the run's mean
+  and std as the steps do (`data.normalise`): [n, R, R, 3] float32, what
+  the exported model takes."""
   config = ml_collections.ConfigDict(data_config.to_dict())
   config.eval_split = config.train_split
   images = []
@@ -128,13 +136,107 @@ def calibration_images(data_config, resolution: int,
     images.extend(batch['image'][batch['mask'] > 0])
     if len(images) >= num_examples:
       break
-  return np.stack(images[:num_examples])
+  return data.normalise(np.stack(images[:num_examples]), config.mean,
+                        config.std)
 
 
 def _check_quantize(quantize: str) -> None:
   if quantize not in QUANTIZATIONS:
     raise ValueError(f'quantize: must be one of {list(QUANTIZATIONS)}, got '
                      f'{quantize!r}')
+
+
+def _is_scalar_constant(value, expected: int) -> bool:
+  """Whether `value` is a concrete (not traced) scalar equal to `expected`."""
+  return (not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0
+          and float(value) == expected)
+
+
+def _eval_with_pools_as_one_op(jaxpr, consts, args) -> list:
+  """`jax.core.eval_jaxpr`, but each global average pool of an NHWC array
+  (`reduce_sum` over axes 1 and 2, optionally reshaped to keep them, then
+  `div` by H * W) is a `reduce_window` sum over the whole map divided by
+  H * W, reshaped to the pool's shape."""
+  env = {}
+  sums = {}  # var -> the NHWC array it is the spatial sum of
+
+  def read(var):
+    return var.val if isinstance(var, jax_core.Literal) else env[var]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    values = [read(var) for var in eqn.invars]
+    name = eqn.primitive.name
+    first = eqn.invars[0] if eqn.invars else None
+    summed = (None if first is None or isinstance(first, jax_core.Literal)
+              else sums.get(first))
+    out_shape = (getattr(eqn.outvars[0].aval, 'shape', None)
+                 if eqn.outvars else None)
+    if (name == 'reduce_sum' and first.aval.ndim == 4
+        and tuple(eqn.params['axes']) == (1, 2)):
+      sums[eqn.outvars[0]] = values[0]
+    elif (name in ('broadcast_in_dim', 'reshape') and summed is not None
+          and out_shape == (summed.shape[0], 1, 1, summed.shape[3])):
+      sums[eqn.outvars[0]] = summed  # keepdims=True
+    elif (name == 'div' and summed is not None and _is_scalar_constant(
+        values[1], summed.shape[1] * summed.shape[2])):
+      _, height, width, _ = summed.shape
+      pooled = jax.lax.reduce_window(
+          summed, np.array(0, summed.dtype), jax.lax.add,
+          (1, height, width, 1), (1, 1, 1, 1), 'VALID')
+      env[eqn.outvars[0]] = jax.lax.reshape(
+          pooled / np.array(height * width, summed.dtype), out_shape)
+      continue
+    outs = eqn.primitive.bind(*values,
+                              **eqn.primitive.get_bind_params(eqn.params))
+    if not eqn.primitive.multiple_results:
+      outs = [outs]
+    env.update(zip(eqn.outvars, outs))
+  return [read(var) for var in jaxpr.outvars]
+
+
+def pools_as_one_op(fn):
+  """`fn` (arrays -> a pytree of arrays) with every global average pool in
+  it computed as a `reduce_window` sum over the whole H x W map divided by
+  H * W, the same arithmetic as the `jnp.mean(x, axis=(1, 2))` of the
+  models (with or without keepdims).
+
+  Why: through jax2tf's StableHLO, `jnp.mean` is `reduce` + `divide`, which
+  TF's converter turns into SUM and MUL (+ RESHAPE); `reduce_window` +
+  `divide` is what its legaliser maps to one AVERAGE_POOL_2D (float and
+  int8), as Keras' export has one MEAN. Everything else is bound as traced,
+  so the network is the model's, op for op.
+  """
+
+  def wrapped(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    outs = _eval_with_pools_as_one_op(closed.jaxpr, closed.consts,
+                                      jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+  return wrapped
+
+
+def configure_converter(converter: tf.lite.TFLiteConverter, quantize: str,
+                        calibration: np.ndarray | None = None,
+                        float_io: bool = False) -> None:
+  """Sets `converter` to builtin ops and `quantize` (see `to_tflite`); the
+  settings of every export, shared with experiments.latency's Keras
+  exports."""
+  _check_quantize(quantize)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantize != 'none':
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantize == 'int8':
+    if calibration is None:
+      raise ValueError('quantize=int8 needs calibration images')
+    converter.representative_dataset = lambda: ([image[None]]
+                                                for image in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not float_io:
+      converter.inference_input_type = tf.int8
+      converter.inference_output_type = tf.int8
 
 
 def to_tflite(model, variables: dict, resolution: int, quantize: str = 'none',
@@ -149,25 +251,15 @@ def to_tflite(model, variables: dict, resolution: int, quantize: str = 'none',
   """
   _check_quantize(quantize)
   forward = jax2tf.convert(
-      lambda images: model.apply(variables, images, train=False),
+      pools_as_one_op(
+          lambda images: model.apply(variables, images, train=False)),
       with_gradient=False)
   function = tf.function(forward, autograph=False, input_signature=[
       tf.TensorSpec([1, resolution, resolution, 3], tf.float32, 'images')])
   concrete = function.get_concrete_function()
   converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete],
                                                               function)
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-  if quantize != 'none':
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  if quantize == 'int8':
-    if calibration is None:
-      raise ValueError('quantize=int8 needs calibration images')
-    converter.representative_dataset = lambda: ([image[None]]
-                                                for image in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if not float_io:
-      converter.inference_input_type = tf.int8
-      converter.inference_output_type = tf.int8
+  configure_converter(converter, quantize, calibration, float_io)
   return converter.convert()
 
 
@@ -188,7 +280,9 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
                   use_ema: bool | None = None,
                   resolution: int | None = None, quantize: str = 'none',
                   float_io: bool = False,
-                  calibration_examples: int = 200) -> dict:
+                  calibration_examples: int = 200,
+                  calibration_dataset: str | None = None,
+                  data_dir: str | None = None) -> dict:
   """Exports `source` (a training workdir or a converted model) to
   `output` (.tflite) and its metadata to `litert.metadata_path(output)`;
   returns the metadata (see the module docstring).
@@ -210,14 +304,21 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
                      f'{calibration_examples}')
   if float_io and quantize != 'int8':
     raise ValueError('float_io: applies to quantize=int8 only')
+  if calibration_dataset and quantize != 'int8':
+    raise ValueError('calibration_dataset: applies to quantize=int8 only')
   loaded = load_source(source, step, use_ema)
-  if quantize == 'int8' and loaded.data_config is None:
-    raise ValueError(f'quantize: int8 calibrates on a run\'s training data; '
-                     f'{source!r} is a converted model')
+  data_config = loaded.data_config
+  if calibration_dataset:
+    data_config = litert.dataset_config(calibration_dataset, loaded.mean,
+                                        loaded.std, data_dir, data_config)
+  elif quantize == 'int8' and data_config is None:
+    raise ValueError(f'calibration_dataset: {source!r} is a converted model, '
+                     'which has no training data to calibrate int8 on; name '
+                     'a dataset (e.g. shapes)')
   resolution = resolution or loaded.resolution
   calibration = None
   if quantize == 'int8':
-    calibration = calibration_images(loaded.data_config, resolution,
+    calibration = calibration_images(data_config, resolution,
                                      calibration_examples)
   model = models.create_model(**loaded.model_kwargs, ops='reference')
   content = to_tflite(model, loaded.variables, resolution, quantize,
@@ -231,6 +332,8 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
       'float_io': quantize != 'int8' or float_io,
       'calibration_examples': (None if calibration is None
                                else len(calibration)),
+      'calibration_dataset': (None if calibration is None
+                              else data_config.dataset),
       'source': os.fspath(checkpoint.absolute_path(source)),
       'checkpoint': loaded.checkpoint, 'step': loaded.step, 'ema': loaded.ema,
       'size_bytes': len(content),
@@ -260,7 +363,8 @@ def main(argv):
     meta = export_tflite(
         f.source, f.output, step=f.step, use_ema=f.use_ema,
         resolution=f.resolution, quantize=f.quantize, float_io=f.float_io,
-        calibration_examples=f.calibration_examples)
+        calibration_examples=f.calibration_examples,
+        calibration_dataset=f.calibration_dataset)
   except ValueError as e:
     sys.exit(f'error: {e}')
   print(summary_line(f.output, meta))
@@ -281,6 +385,10 @@ if __name__ == '__main__':
                     'and output instead of int8.')
   flags.DEFINE_integer('calibration_examples', 200, 'With --quantize=int8: '
                        'training examples that calibrate the quantization.')
+  flags.DEFINE_string('calibration_dataset', None, 'With --quantize=int8: '
+                      'calibrate on this dataset\'s training split (a tfds '
+                      'name or folder:DIR; TFDS_DATA_DIR for tfds) instead '
+                      'of the run\'s; required for a converted model.')
   flags.DEFINE_string('output', None, 'The .tflite file to write (its folder '
                       'must exist); the metadata goes beside it as .json.',
                       required=True)

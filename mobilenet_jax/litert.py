@@ -3,8 +3,9 @@ interpreter: load, run one image, count ops, evaluate on a split.
 
 An export is PATH.tflite plus PATH.json (`metadata_path`), whose fields
 `evaluate` reads: the source workdir, step and quantization, the resolution
-and the normalisation. The model takes one normalised image
-`(pixel / 255 - mean) / std`, [1, R, R, 3], and returns [1, classes] logits;
+and the normalisation. The model takes one normalised float image
+`(pixel / 255 - mean) / std` (`data.normalise`, as the training steps),
+[1, R, R, 3], and returns [1, classes] logits;
 a full-integer int8 export takes and returns int8, quantized with the scale
 and zero point of its input and output tensors (`predict` does both).
 
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from configs import default as default_config
 from mobilenet_jax import checkpoint
 from mobilenet_jax import data
 
@@ -80,43 +82,86 @@ def predict(interpreter: interpreter_lib.Interpreter,
                      output_detail)[0]
 
 
-def result_path(workdir: str, step: int, quantization: str) -> epath.Path:
+def result_path(workdir: str, step: int, quantization: str,
+                variant: str = '') -> epath.Path:
   """WORKDIR/eval/step_<N>.tflite_<quantization>.json, beside the JAX
-  evaluation WORKDIR/eval/step_<N>.json of the same checkpoint."""
-  return (checkpoint.eval_result_path(workdir, step).parent /
-          f'step_{step}.tflite_{quantization}.json')
+  evaluation WORKDIR/eval/step_<N>.json of the same checkpoint; with a
+  `variant` (another dataset or split: `checkpoint.result_variant`),
+  step_<N>.<variant>.tflite_<quantization>.json."""
+  name = '.'.join([f'step_{step}', *([variant] if variant else []),
+                   f'tflite_{quantization}.json'])
+  return checkpoint.eval_result_path(workdir, step).parent / name
+
+
+def dataset_config(dataset: str, mean, std, data_dir: str | None = None,
+                   base: ml_collections.ConfigDict | None = None
+                   ) -> ml_collections.ConfigDict:
+  """`base` (a run's `config.data`; default: configs/default.py's) on
+  `dataset` (a tfds name or folder:DIR, from `data_dir`) normalised with
+  `mean` and `std`: the data of an export whose source has none of its own
+  (a converted model) or another dataset than its run's."""
+  config = ml_collections.ConfigDict(
+      (base or default_config.get_config().data).to_dict())
+  config.dataset = dataset
+  if data_dir is not None:
+    config.data_dir = data_dir
+  config.mean, config.std = tuple(mean), tuple(std)
+  return config
+
+
+def converted_result_path(tflite_path: str, dataset: str,
+                          split: str) -> epath.Path:
+  """PATH.eval.<dataset>.<split>.json beside PATH.tflite: where the
+  evaluation of an export of a converted model (no workdir) goes."""
+  return epath.Path(os.path.splitext(tflite_path)[0] + '.eval.' +
+                    checkpoint.file_part(dataset) + '.' +
+                    checkpoint.file_part(split) + '.json')
 
 
 def evaluate(tflite_path: str, dataset: str | None = None,
-             split: str | None = None) -> dict:
+             split: str | None = None, data_dir: str | None = None) -> dict:
   """Top-1 and top-5 of an export on its run's eval split (or `dataset` /
   `split`) through the run's eval preprocessing at the export's resolution.
 
   Writes and returns {"top1", "top5", "num_examples", "step", "tflite",
-  "quantization", "resolution", "ema", "checkpoint"} at `result_path`. An
-  export of a converted model (no run, no data) is a ValueError.
+  "quantization", "resolution", "ema", "checkpoint"} at `result_path`.
+  An export of a converted model has no run and no data: it needs `dataset`
+  (configs/default.py's preprocessing and splits, the export's
+  normalisation; `data_dir` for tfds) and its result, with "dataset" and
+  "split" added, goes to `converted_result_path`.
   """
   meta_file = epath.Path(metadata_path(tflite_path))
   if not meta_file.exists():
     raise ValueError(f'tflite: {tflite_path!r} has no {meta_file.name} '
                      'beside it (write exports with mobilenet_jax.export)')
   meta = json.loads(meta_file.read_text())
-  if meta['step'] is None:
-    raise ValueError(f'tflite: {tflite_path!r} was exported from a converted '
-                     'model; evaluation needs an export of a training workdir')
-  config = checkpoint.load_config(meta['source'])
-  data_config = ml_collections.ConfigDict(config.data.to_dict())
-  if dataset:
-    data_config.dataset = dataset
+  converted = meta['step'] is None
+  if converted:
+    if not dataset:
+      raise ValueError(f'dataset: {tflite_path!r} was exported from a '
+                       'converted model, which has no data of its own; name '
+                       'a dataset to evaluate on (e.g. shapes)')
+    data_config = dataset_config(dataset, meta['mean'], meta['std'],
+                                 data_dir)
+    config = default_config.get_config()
+  else:
+    config = checkpoint.load_config(meta['source'])
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    if dataset:
+      data_config.dataset = dataset
+    if data_dir is not None:
+      data_config.data_dir = data_dir
+  # 0: the training batch size (configs/default.py).
+  eval_batch_size = config.eval_batch_size or config.batch_size
   if split:
     data_config.eval_split = split
   interpreter = load(tflite_path)
   top1 = top5 = count = 0
   for batch in data.create_eval_iterator(
-      data_config, global_batch_size=config.eval_batch_size,
+      data_config, global_batch_size=eval_batch_size,
       resolution=meta['resolution']):
-    for image, label, mask in zip(batch['image'], batch['label'],
-                                  batch['mask']):
+    images = data.normalise(batch['image'], meta['mean'], meta['std'])
+    for image, label, mask in zip(images, batch['label'], batch['mask']):
       if not mask:
         continue
       ranked = np.argsort(-predict(interpreter, image))
@@ -128,7 +173,14 @@ def evaluate(tflite_path: str, dataset: str | None = None,
             'quantization': meta['quantization'],
             'resolution': meta['resolution'], 'ema': meta['ema'],
             'checkpoint': meta['checkpoint']}
-  path = result_path(meta['source'], meta['step'], meta['quantization'])
+  if converted:
+    result.update(dataset=data_config.dataset, split=data_config.eval_split)
+    path = converted_result_path(tflite_path, data_config.dataset,
+                                 data_config.eval_split)
+  else:
+    path = result_path(meta['source'], meta['step'], meta['quantization'],
+                       checkpoint.result_variant(config, meta['ema'],
+                                                 dataset, split))
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=2) + '\n')
   return result

@@ -106,3 +106,49 @@ def test_experiment_refuses_a_config_override_of_its_own_flag(tmp_path):
                        f'--workdir={tmp_path}', '--config.data.rho=0.5')
   assert result.returncode == 1
   assert 'drop --config.data.rho' in result.stderr
+
+
+def test_latency_default_models_are_the_registry():
+  from experiments import latency  # pylint: disable=g-import-not-at-top
+  from mobilenet_jax import models  # pylint: disable=g-import-not-at-top
+  assert sorted(latency.DEFAULT_MODELS) == sorted(models.REGISTRY)
+  assert set(latency.KERAS) <= set(models.REGISTRY)
+
+
+def _section(text, heading):
+  """The body of a report's '## heading' section."""
+  return text.split(f'## {heading}\n', 1)[1].split('\n## ', 1)[0].strip()
+
+
+@pytest.mark.slow
+def test_latency_experiment_at_a_tiny_setting(tmp_path):
+  output = tmp_path / 'latency.md'
+  result = run_module('experiments.latency', '--models=mobilenet_v3_small',
+                      '--resolution=32', '--runs=5', '--warmup=1',
+                      '--calibration_images=2', f'--output={output}',
+                      timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  text = output.read_text()
+  assert text.startswith('# On-device latency')
+  assert '--models=mobilenet_v3_small' in text  # the command
+  rows = parse(_section(text, 'Latency'))
+  assert [(r['model'], r['px'], r['quantization']) for r in rows] == [
+      ('mobilenet_v3_small', '32', 'none'), ('mobilenet_v3_small', '32', 'int8')]
+  for row in rows:
+    for column in ('ours ms (quartiles)', 'Keras ms (quartiles)'):
+      median, quartiles = row[column].split(' ')
+      low, high = quartiles.strip('()').split('-')
+      assert 0 < float(low) <= float(median) <= float(high)
+    assert float(row['ours / Keras']) > 0
+  assert rows[0]['paper Pixel-1 ms (float)'] == '15.8'
+  assert rows[0]['int8 / float (ours)'] == '-'
+  assert float(rows[1]['int8 / float (ours)']) > 0
+  relative = parse(_section(text, 'Float latency relative to MobileNetV2'))
+  assert relative == [{'model': 'mobilenet_v3_small', 'ours / V2': '-',
+                       'Keras / V2': '-', 'paper (Pixel 1) / V2': '0.25'}]
+  ops = _section(text, 'Ops by type').splitlines()
+  assert len(ops) == 4  # ours and Keras', float and int8
+  for line in ops:
+    # The pools are one op each: ours AVERAGE_POOL_2D, Keras' MEAN.
+    assert 'SUM' not in line and 'DEPTHWISE_CONV_2D 11' in line
+  assert 'AVERAGE_POOL_2D' in ops[0] and 'MEAN' in ops[1]

@@ -51,6 +51,12 @@ def kernel_counts(params) -> tuple[int, int]:
   return depthwise, sum(x.ndim == 2 for x in kernels)
 
 
+def squeeze_excites(params) -> int:
+  """The squeeze-and-excite modules of a params tree (V3's `se`)."""
+  return sum(path[-2:] == ('reduce', 'kernel')
+             for path in traverse_util.flatten_dict(params))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', FAMILIES)
 def test_float_export_matches_jax_with_fused_ops(name):
@@ -75,6 +81,10 @@ def test_float_export_matches_jax_with_fused_ops(name):
   assert ('HARD_SWISH' in counts) == name.startswith('mobilenet_v3'), counts
   # BatchNorm is folded into the convolutions.
   assert not {'SUB', 'RSQRT', 'SQRT', 'DIV'} & set(counts), counts
+  # Every global average pool (the head's, each squeeze-excite's) is one op
+  # (export.pools_as_one_op), not SUM + MUL (+ RESHAPE).
+  assert counts['AVERAGE_POOL_2D'] == 1 + squeeze_excites(variables['params'])
+  assert not {'SUM', 'MEAN', 'RESHAPE'} & set(counts), counts
 
 
 @pytest.fixture(scope='module')
@@ -94,9 +104,9 @@ def top1_predictions(tflite_path, data_config, resolution):
   predictions = []
   for batch in data.create_eval_iterator(data_config, global_batch_size=25,
                                          resolution=resolution):
+    images = data.normalise(batch['image'], data_config.mean, data_config.std)
     predictions += [np.argmax(litert.predict(interpreter, image))
-                    for image, mask in zip(batch['image'], batch['mask'])
-                    if mask]
+                    for image, mask in zip(images, batch['mask']) if mask]
   return np.array(predictions)
 
 
@@ -114,6 +124,7 @@ def test_int8_export_agrees_with_float_and_records_its_metadata(run,
       'num_classes': float_meta['num_classes'], 'resolution': 32,
       'mean': list(config.data.mean), 'std': list(config.data.std),
       'quantization': 'int8', 'float_io': False, 'calibration_examples': 32,
+      'calibration_dataset': config.data.dataset,
       'source': run, 'checkpoint': checkpoint.checkpoint_path(run, 30),
       'step': 30, 'ema': True, 'size_bytes': os.path.getsize(int8_path),
       'op_counts': litert.op_counts(int8_path)}
@@ -136,6 +147,14 @@ def test_int8_export_agrees_with_float_and_records_its_metadata(run,
   assert float_result['top1'] == pytest.approx(
       np.mean(float_top1 == _labels(config.data)))
   assert abs(float_result['top1'] - json.loads(jax_result)['top1']) <= 1 / 75
+  # Another split goes beside them, named as the JAX evaluation's variants.
+  float_file = litert.result_path(run, 30, 'none')
+  float_text = float_file.read_text()
+  other = litert.evaluate(float_path, split='train[:20]')
+  assert other['num_examples'] == 20
+  assert float_file.read_text() == float_text
+  assert json.loads((float_file.parent / 'step_30.train_to20.ema.tflite_none'
+                     '.json').read_text()) == other
 
   float_io = export.export_tflite(run, str(tmp_path / 'fio.tflite'),
                                   quantize='int8', float_io=True,
@@ -182,7 +201,8 @@ def test_commands_export_bench_and_evaluate(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_converted_model_exports_float_at_224_by_default(tmp_path):
+def test_converted_model_exports_float_at_224_by_default(tmp_path,
+                                                         data_dir):
   model = models.create_model('mobilenet_v3_small', alpha=0.35,
                               num_classes=5, ops='reference')
   variables = perturbed(model.init(jax.random.key(1),
@@ -198,12 +218,34 @@ def test_converted_model_exports_float_at_224_by_default(tmp_path):
   np.testing.assert_allclose(
       litert.predict(litert.load(output), image.astype(np.float32)),
       model.apply(variables, image[None], train=False)[0], rtol=0, atol=1e-4)
-  for kwargs, message in [(dict(step=1), '^step: .* is a converted model'),
-                          (dict(quantize='int8'), '^quantize: int8 calibrates')]:
+  for kwargs, message in [
+      (dict(step=1), '^step: .* is a converted model'),
+      (dict(quantize='int8'), '^calibration_dataset: .* is a converted model'),
+      (dict(calibration_dataset='shapes'), '^calibration_dataset: applies to')]:
     with pytest.raises(ValueError, match=message):
       export.export_tflite(str(tmp_path / 'converted'),
                            str(tmp_path / 'x.tflite'), **kwargs)
   assert not (tmp_path / 'x.tflite').exists()
+  with pytest.raises(ValueError, match='^dataset: .* converted model'):
+    litert.evaluate(output)
+
+  # int8 calibrated on a named dataset, evaluated on one (its test split,
+  # configs/default.py's preprocessing, the export's [-1, 1] inputs).
+  int8_output = str(tmp_path / 'v3_int8.tflite')
+  meta = export.export_tflite(
+      str(tmp_path / 'converted'), int8_output, quantize='int8',
+      resolution=32, calibration_examples=4, calibration_dataset='shapes/tiny',
+      data_dir=data_dir)
+  assert (meta['calibration_dataset'], meta['calibration_examples'],
+          meta['step']) == ('shapes/tiny', 4, None)
+  result = litert.evaluate(int8_output, dataset='shapes/tiny',
+                           data_dir=data_dir)
+  assert (result['dataset'], result['split'], result['step'],
+          result['quantization']) == ('shapes/tiny', 'test', None, 'int8')
+  assert result['num_examples'] > 0 and 0 <= result['top1'] <= 1
+  assert json.loads(litert.converted_result_path(
+      int8_output, 'shapes/tiny', 'test').read_text()) == result
+  assert (tmp_path / 'v3_int8.eval.shapes-tiny.test.json').exists()
 
 
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
