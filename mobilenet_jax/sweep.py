@@ -3,8 +3,11 @@ r"""Sweeps: expand a sweep file into runs, launch them, summarize the results.
   python -m mobilenet_jax.sweep run --config=configs/default.py \
       --sweep=configs/sweeps/v1_width_resolution.py --workdir=runs/v1_grid \
       [--launcher=local|tpu_vm] [--tpu=NAME --zone=ZONE] [--dry_run] \
-      [--config.num_train_steps=300 ...]
+      [--data_dir=DIR] [--remote_python=.venv/bin/python] \
+      [--export=none|float|int8|float,int8] [--config.num_train_steps=300 ...]
+  python -m mobilenet_jax.sweep status runs/v1_grid
   python -m mobilenet_jax.sweep summarize runs/v1_grid
+  python -m mobilenet_jax.sweep export runs/v1_grid --export=int8
 
 A sweep file defines `get_sweep(h)` (h is `mobilenet_jax.hyper`) returning a
 list of override dicts, and may set `TPU = ...` and `ZONE = ...` defaults for
@@ -15,8 +18,21 @@ trains with `python -m mobilenet_jax.main` in its own workdir DIR/<run>
 Re-running the same command skips finished runs (those with the final
 eval/step_<N>.json) and resumes the others from their checkpoints; a failed
 run does not stop the others, and the exit status is 1 if any failed.
-`summarize` writes DIR/results.csv, DIR/results.md and DIR/tradeoff.png
-(`sweep_summary`).
+
+tpu_vm: each run is one `gcloud compute tpus tpu-vm ssh --worker=all`
+whose command (`remote_command`) starts training detached on every worker
+(nohup setsid, output on the worker's disk under ~/mobilenet_jax_logs/,
+copied into the run directory as log.<host>.txt when it ends) with the
+repository's .venv interpreter; the sweep then watches the gs:// run
+directory until the run finishes or a worker records its failure, and
+launches the next. An SSH drop or the end of this command does not stop a
+run; re-running the command waits for a run still training (a worker never
+starts a run twice) and resumes the others.
+
+`--export` exports each finished run to LiteRT, evaluates and times the
+export (`export_run`); `status` prints every run's state from the directory
+alone; `summarize` writes DIR/results.csv, DIR/results.md, DIR/tradeoff.png
+and, with exports, DIR/tradeoff_latency.png (`sweep_summary`).
 """
 
 import collections
@@ -43,7 +59,12 @@ from mobilenet_jax import sweep_summary
 
 LAUNCHERS = ('local', 'tpu_vm')
 TPU_REPO_DIR = '~/mobilenet_jax'  # where the repository is on the TPU VM
-ERROR_TAIL_LINES = 40
+# The interpreter the README's TPU VM setup installs, relative to TPU_REPO_DIR.
+REMOTE_PYTHON = '.venv/bin/python'
+ERROR_TAIL_LINES = sweep_runs.ERROR_TAIL_LINES
+EXPORTS = tuple(sweep_runs.EXPORT_QUANTIZE)  # 'float', 'int8'
+POLL_SECONDS = 60  # tpu_vm: how often the sweep looks at a detached run
+STALE_SECONDS = 3600  # tpu_vm: a run without progress this long is lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +117,47 @@ def train_command(python: str, config_arg: str, workdir: str,
           f'--workdir={workdir}', *config_overrides]
 
 
+def _home_path(path: str) -> str:
+  """'~/a b' as shell text that the shell expands: ~/'a b'."""
+  assert path.startswith('~/'), path
+  return '~/' + shlex.quote(path[2:])
+
+
+def remote_command(config_arg: str, workdir: str,
+                   config_overrides: Sequence[str],
+                   remote_python: str = REMOTE_PYTHON) -> str:
+  """The shell command each TPU VM worker runs: in TPU_REPO_DIR, check the
+  interpreter, then start `sweep_runs worker` (which trains the run with
+  `remote_python -m mobilenet_jax.main` and records its end in the run
+  directory) detached: in its own session (setsid) immune to hangups
+  (nohup), stdin from /dev/null and output appended to
+  `sweep_runs.worker_log_path(workdir)` on the worker's disk, so the SSH
+  session returns at once and a dropped connection does not stop it."""
+  train = train_command(remote_python, config_arg, workdir, config_overrides)
+  log = sweep_runs.worker_log_path(workdir)
+  worker = [remote_python, '-m', 'mobilenet_jax.sweep_runs', 'worker', workdir,
+            log, '--', *train]
+  python = shlex.quote(remote_python)
+  return (f'cd {TPU_REPO_DIR} && {{ test -x {python} || {{ echo "no '
+          f'{python} in {TPU_REPO_DIR}: set the TPU VM up as the README '
+          f'says" >&2; exit 1; }}; }} && '
+          f'mkdir -p {_home_path(os.path.dirname(log))} && '
+          f'{{ nohup setsid {shlex.join(worker)} >> {_home_path(log)} 2>&1 '
+          '< /dev/null & }')
+
+
 def launch_command(launcher: str, config_arg: str, workdir: str,
                    config_overrides: Sequence[str], tpu: str | None = None,
-                   zone: str | None = None) -> list[str]:
-  """The argv that trains one run: on this machine (`local`) or on every
-  worker of a TPU VM (`tpu_vm`)."""
+                   zone: str | None = None,
+                   remote_python: str = REMOTE_PYTHON) -> list[str]:
+  """The argv that trains one run: on this machine (`local`, until it ends)
+  or, detached, on every worker of a TPU VM (`tpu_vm`, returns once
+  started: `remote_command`)."""
   if launcher == 'local':
     return train_command(sys.executable, config_arg, workdir, config_overrides)
-  remote = shlex.join(
-      train_command('python3', config_arg, workdir, config_overrides))
+  remote = remote_command(config_arg, workdir, config_overrides, remote_python)
   return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu, f'--zone={zone}',
-          '--worker=all', f'--command=cd {TPU_REPO_DIR} && {remote}']
+          '--worker=all', f'--command={remote}']
 
 
 def format_command(command: Sequence[str]) -> str:
@@ -147,7 +198,8 @@ def _duration(seconds: float) -> str:
   return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
 
 
-def _execute(command: Sequence[str], log_path: epath.Path) -> tuple[int, str]:
+def _execute(command: Sequence[str], log_path: epath.Path,
+             env: dict | None = None) -> tuple[int, str]:
   """Runs `command`, appending its output to `log_path`; returns the exit
   status and the output's last lines."""
   tail = collections.deque(maxlen=ERROR_TAIL_LINES)
@@ -156,7 +208,7 @@ def _execute(command: Sequence[str], log_path: epath.Path) -> tuple[int, str]:
     log.write(f'$ {format_command(command)}\n')
     process = subprocess.Popen(command, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True,
-                               errors='replace')
+                               errors='replace', env=env)
     for line in process.stdout:
       log.write(line)
       if streaming:
@@ -179,11 +231,55 @@ def _check_launcher(launcher: str, workdir: str, tpu: str | None,
                        'ZONE in the sweep file)')
 
 
+def parse_exports(export: str | Sequence[str]) -> list[str]:
+  """'none', 'float', 'int8' or 'float,int8' -> the kinds to export."""
+  kinds = ([k.strip() for k in export.split(',')]
+           if isinstance(export, str) else list(export))
+  kinds = [k for k in kinds if k and k != 'none']
+  for kind in kinds:
+    if kind not in EXPORTS:
+      raise ValueError(f'export must be none or a comma-separated list of '
+                       f'{list(EXPORTS)}, got {export!r}')
+  return list(dict.fromkeys(kinds))
+
+
+def _with_data_dir(runs: Sequence[hyper.Run], config: ml_collections.ConfigDict,
+                   config_overrides: Sequence[str], data_dir: str | None,
+                   launcher: str):
+  """`--data_dir` as the override `--config.data.data_dir=DIR` of every run
+  (what the pipeline reads, recorded in each run's config). The tpu_vm
+  workers need one: without it each looks under its own
+  ~/tensorflow_datasets."""
+  set_elsewhere = (any('data.data_dir' in run for run in runs) or any(
+      arg.startswith('--config.data.data_dir=') for arg in config_overrides))
+  if data_dir:
+    if set_elsewhere:
+      raise ValueError('give the data directory once: --data_dir or '
+                       '--config.data.data_dir (or the sweep\'s data.data_dir)')
+    config = apply_overrides(config, {'data.data_dir': data_dir})
+    config_overrides = [*config_overrides, f'--config.data.data_dir={data_dir}']
+  if launcher == 'tpu_vm':
+    for run in runs:
+      dataset = run.get('data.dataset', config.data.dataset)
+      if (run.get('data.data_dir', config.data.data_dir) is None and
+          not str(dataset).startswith('folder:')):
+        raise ValueError(
+            'launcher tpu_vm needs --data_dir=gs://BUCKET/tensorflow_datasets '
+            '(or --config.data.data_dir): the tfds data directory every '
+            'worker reads')
+  return config, list(config_overrides)
+
+
 def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
               config_arg: str, workdir: str, launcher: str = 'local',
               tpu: str | None = None, zone: str | None = None,
               config_overrides: Sequence[str] = (), dry_run: bool = False,
-              names: Sequence[str] | None = None) -> dict[str, str]:
+              names: Sequence[str] | None = None,
+              remote_python: str = REMOTE_PYTHON,
+              data_dir: str | None = None,
+              export: str | Sequence[str] = 'none',
+              poll_seconds: float = POLL_SECONDS,
+              stale_seconds: float = STALE_SECONDS) -> dict[str, str]:
   """Trains every run of a sweep, one after another.
 
   Args:
@@ -200,14 +296,27 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
     dry_run: print each run's command and run nothing.
     names: the runs' directory names; default `sweep_runs.run_names(runs)`
       (a subset of a sweep keeps the whole sweep's names by passing them).
+    remote_python: tpu_vm: the interpreter on the workers, relative to
+      TPU_REPO_DIR or absolute.
+    data_dir: the tfds data directory, passed to every run as
+      --config.data.data_dir (tpu_vm needs one, here or in the config).
+    export: 'none', 'float', 'int8' or 'float,int8': export each finished
+      run's final checkpoint to LiteRT, evaluate the export and time it
+      (`export_run`, in a subprocess on the CPU); done exports are skipped.
+    poll_seconds, stale_seconds: tpu_vm: how often to look at a detached
+      run, and after how long without progress it counts as lost (failed).
 
   Returns:
-    {run name: 'finished' or 'failed'} ('pending' for every run on a dry run).
+    {run name: 'finished', 'failed' or 'export failed'} ('pending' for every
+    run on a dry run).
   """
   _check_launcher(launcher, workdir, tpu, zone)
+  kinds = parse_exports(export)
   names = sweep_runs.run_names(runs) if names is None else list(names)
   if len(set(names)) != len(runs):
     raise ValueError(f'need one distinct name per run, got {names}')
+  config, config_overrides = _with_data_dir(runs, config, config_overrides,
+                                            data_dir, launcher)
   swept = {key for run in runs for key in run}
   for arg in config_overrides:
     key = arg[len('--config.'):].partition('=')[0]
@@ -217,7 +326,8 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
   commands = {
       name: launch_command(launcher, config_arg,
                            f"{workdir.rstrip('/')}/{name}",
-                           [*config_overrides, *override_flags(run)], tpu, zone)
+                           [*config_overrides, *override_flags(run)], tpu, zone,
+                           remote_python)
       for name, run in zip(names, runs)}
   if dry_run:
     for name in names:
@@ -227,7 +337,8 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
     raise ValueError('launcher tpu_vm needs the gcloud CLI on PATH')
 
   records = [_prepare(index, name, run, config, config_arg, config_overrides,
-                      format_command(commands[name]), epath.Path(workdir))
+                      format_command(commands[name]), epath.Path(workdir),
+                      launcher)
              for index, (name, run) in enumerate(zip(names, runs))]
   statuses = {}
   for i, record in enumerate(records, 1):
@@ -242,25 +353,37 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
       run_dir = epath.Path(workdir) / name
       print(progress % f'running, log in {run_dir / sweep_runs.LOG_FILE}',
             flush=True)
-      record = _launch(record, commands[name], run_dir)
+      if launcher == 'tpu_vm':
+        print(f'  detached on every worker; its output there: '
+              f'{record["worker_log"]}', flush=True)
+      record = _launch(record, commands[name], run_dir, poll_seconds,
+                       stale_seconds)
       print(f'[{i}/{len(names)}] {name}: {record["status"]} after '
             f'{_duration(record["seconds"])}', flush=True)
       if record['status'] == 'failed':
         print(f'  {record["error"]}\n  see {run_dir / sweep_runs.ERROR_FILE}',
               flush=True)
     statuses[name] = record['status']
+    if kinds and record['status'] == 'finished':
+      if not _export(record, kinds, epath.Path(workdir) / name):
+        statuses[name] = 'export failed'
 
   failed = [name for name, status in statuses.items() if status == 'failed']
+  export_failed = [name for name, status in statuses.items()
+                   if status == 'export failed']
   print(f'sweep: {len(names) - len(failed)} finished, {len(failed)} failed '
-        f'({", ".join(failed) or "none"}); summary: python -m '
-        f'mobilenet_jax.sweep summarize {workdir}', flush=True)
+        f'({", ".join(failed) or "none"})' +
+        (f', exports failed for {", ".join(export_failed)}'
+         if export_failed else '') +
+        f'; summary: python -m mobilenet_jax.sweep summarize {workdir}',
+        flush=True)
   return statuses
 
 
 def _prepare(index: int, name: str, run: hyper.Run,
              config: ml_collections.ConfigDict, config_arg: str,
              config_overrides: Sequence[str], command: str,
-             workdir: epath.Path) -> dict:
+             workdir: epath.Path, launcher: str = 'local') -> dict:
   """Writes (and returns) a run's run.json before the sweep starts: status
   'finished' or 'pending', and its config, or the error applying its
   overrides. A run directory launched with other settings is an error."""
@@ -281,18 +404,51 @@ def _prepare(index: int, name: str, run: hyper.Run,
   status = 'finished' if sweep_runs.is_finished(run_dir) else 'pending'
   record = dict(index=index, name=name, **launched_as, command=command,
                 config=run_config, error=error, status=status)
+  if launcher == 'tpu_vm':
+    record['worker_log'] = sweep_runs.worker_log_path(os.fspath(run_dir))
   sweep_runs.write_json(run_dir / sweep_runs.RUN_FILE, record)
   return record
 
 
-def _launch(record: dict, command: Sequence[str], run_dir: epath.Path) -> dict:
+def _wait(run_dir: epath.Path, poll_seconds: float,
+          stale_seconds: float) -> tuple[int | None, str]:
+  """Waits for a detached tpu_vm run to finish or fail (the workers record
+  a failure in run.json); (exit status, error lines) once it did, or once
+  it made no progress for `stale_seconds` (a lost worker)."""
+  last_change, last = time.time(), None
+  while True:
+    state = sweep_runs.run_state(run_dir)
+    if state.status == 'finished':
+      return 0, ''
+    if state.status == 'failed':
+      record = sweep_runs.read_json(run_dir / sweep_runs.RUN_FILE) or {}
+      error_file = run_dir / sweep_runs.ERROR_FILE
+      tail = (error_file.read_text() if error_file.exists()
+              else f'{state.error}\n')
+      return record.get('returncode', 1), tail
+    if (state.step, state.updated) != last:
+      last, last_change = (state.step, state.updated), time.time()
+      if state.step is not None:
+        print(f'  {sweep_runs.describe(state)}', flush=True)
+    elif time.time() - last_change > stale_seconds:
+      return None, (f'no progress for {_duration(stale_seconds)} (a worker '
+                    f'lost?); see {state.worker_log} on the workers\n')
+    time.sleep(poll_seconds)
+
+
+def _launch(record: dict, command: Sequence[str], run_dir: epath.Path,
+            poll_seconds: float = POLL_SECONDS,
+            stale_seconds: float = STALE_SECONDS) -> dict:
   """Trains one run (unless its overrides did not apply); records the
-  outcome in run.json, and the output's last lines in error.txt on failure."""
+  outcome in run.json, and the output's last lines in error.txt on failure.
+  A tpu_vm command returns once the run started: then waits for it."""
   start = time.time()
   run_file = run_dir / sweep_runs.RUN_FILE
   if record['error'] is None:
     sweep_runs.write_json(run_file, {**record, 'status': 'running'})
     returncode, tail = _execute(command, run_dir / sweep_runs.LOG_FILE)
+    if returncode == 0 and 'worker_log' in record:
+      returncode, tail = _wait(run_dir, poll_seconds, stale_seconds)
     if returncode == 0 and not sweep_runs.is_finished(run_dir):
       tail += 'exited without the final evaluation (preempted?)\n'
   else:
@@ -309,6 +465,108 @@ def _launch(record: dict, command: Sequence[str], run_dir: epath.Path) -> dict:
     error_file.write_text(tail)
   sweep_runs.write_json(run_file, record)
   return record
+
+
+# Exports.
+
+
+def export_run(run_dir: str, kinds: Sequence[str] = ('float',),
+               threads: int = 1) -> dict[str, dict]:
+  """Exports a finished run's final checkpoint to LiteRT for each of
+  `kinds` ('float', 'int8'), evaluates each export on the run's eval split
+  (`litert.evaluate`, which writes eval/step_<N>.tflite_<quantization>.json)
+  and times it on the LiteRT interpreter (`bench.benchmark_tflite`,
+  `threads` threads, batch 1). Writes RUN_DIR/tflite/step_<N>.<kind>.tflite
+  (+ export's .json) and .result.json, and returns {kind: that result}.
+  A kind whose result exists is skipped, an existing export is reused. A
+  gs:// run exports into a local temporary folder and copies up.
+
+  Imports TensorFlow and JAX: run it on the CPU (the sweep runs it in a
+  subprocess with JAX_PLATFORMS=cpu so as not to hold an accelerator).
+  """
+  # pylint: disable=g-import-not-at-top
+  import tempfile
+  from mobilenet_jax import bench
+  from mobilenet_jax import export as export_lib
+  from mobilenet_jax import litert
+  # pylint: enable=g-import-not-at-top
+  kinds = parse_exports(kinds)
+  path = epath.Path(run_dir)
+  if not sweep_runs.is_finished(path):
+    raise ValueError(f'{run_dir}: not finished (no final evaluation); '
+                     'nothing to export')
+  step = int(json.loads((path / 'config.json').read_text())['num_train_steps'])
+  local = '://' not in run_dir
+  results = {}
+  for kind in kinds:
+    result_file = sweep_runs.export_result_path(path, step, kind)
+    if result_file.exists():
+      results[kind] = sweep_runs.read_json(result_file)
+      print(f'{run_dir}: {kind} export done before, skipped', flush=True)
+      continue
+    target = sweep_runs.export_path(path, step, kind)
+    target_meta = epath.Path(litert.metadata_path(os.fspath(target)))
+    with tempfile.TemporaryDirectory() as temp:
+      tflite = target if local else epath.Path(temp) / target.name
+      meta = epath.Path(litert.metadata_path(os.fspath(tflite)))
+      if target.exists() and target_meta.exists():
+        if not local:
+          tflite.write_bytes(target.read_bytes())
+          meta.write_bytes(target_meta.read_bytes())
+      else:
+        tflite.parent.mkdir(parents=True, exist_ok=True)
+        export_lib.export_tflite(
+            run_dir, os.fspath(tflite), step=step,
+            quantize=sweep_runs.EXPORT_QUANTIZE[kind])
+        if not local:
+          target.parent.mkdir(parents=True, exist_ok=True)
+          target.write_bytes(tflite.read_bytes())
+          target_meta.write_bytes(meta.read_bytes())
+      print(export_lib.summary_line(os.fspath(target),
+                                    json.loads(meta.read_text())), flush=True)
+      accuracy = litert.evaluate(os.fspath(tflite))
+      latency = bench.benchmark_tflite(os.fspath(tflite), threads=threads)
+    result = {
+        'kind': kind, 'quantization': sweep_runs.EXPORT_QUANTIZE[kind],
+        'step': step, 'tflite': os.fspath(target),
+        'top1': accuracy['top1'], 'top5': accuracy['top5'],
+        'num_examples': accuracy['num_examples'],
+        'latency_ms': latency['step_ms_median'], 'threads': threads,
+        'size_bytes': latency['size_bytes'],
+        'latency': {k: v for k, v in latency.items() if k != 'tflite'},
+    }
+    sweep_runs.write_json(result_file, result)
+    print(f'{run_dir}: {kind} export top-1 {100 * result["top1"]:.1f}%, '
+          f'{result["latency_ms"]:.2f} ms ({threads} thread)', flush=True)
+    results[kind] = result
+  return results
+
+
+def _export(record: dict, kinds: Sequence[str], run_dir: epath.Path) -> bool:
+  """`export_run` in a subprocess on the CPU, its output appended to the
+  run's log; prints each export's result. Whether all succeeded."""
+  name = record['name']
+  if all(kind in sweep_runs.export_results(run_dir) for kind in kinds):
+    print(f'  {name}: {", ".join(kinds)} exported before, skipped',
+          flush=True)
+    return True
+  print(f'  {name}: exporting {", ".join(kinds)}', flush=True)
+  command = [sys.executable, '-m', 'mobilenet_jax.sweep', 'export',
+             os.fspath(run_dir), f'--export={",".join(kinds)}']
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  returncode, tail = _execute(command, run_dir / sweep_runs.LOG_FILE, env)
+  results = sweep_runs.export_results(run_dir)
+  for kind in kinds:
+    if kind in results:
+      print(f'  {name}: {kind} export top-1 '
+            f'{100 * results[kind]["top1"]:.1f}%, '
+            f'{results[kind]["latency_ms"]:.2f} ms', flush=True)
+  if returncode == 0 and all(kind in results for kind in kinds):
+    return True
+  lines = tail.strip().splitlines()
+  print(f'  {name}: export failed: {lines[-1] if lines else returncode}\n'
+        f'  see {run_dir / sweep_runs.LOG_FILE}', flush=True)
+  return False
 
 
 # Command line.
@@ -330,6 +588,17 @@ def define_flags(config: str | None = None, workdir: str | None = None):
   flags.DEFINE_string('zone', None, 'tpu_vm: its zone (default: the sweep '
                       'file\'s ZONE).')
   flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
+  flags.DEFINE_string('data_dir', None, 'The tfds data directory, given to '
+                      'every run as --config.data.data_dir (tpu_vm needs '
+                      'one, e.g. gs://BUCKET/tensorflow_datasets).')
+  flags.DEFINE_string('remote_python', REMOTE_PYTHON, 'tpu_vm: the '
+                      f'interpreter on the workers, relative to {TPU_REPO_DIR} '
+                      'or absolute.')
+  flags.DEFINE_string('export', 'none', 'none, float, int8 or float,int8: '
+                      'export each finished run to LiteRT, evaluate and time '
+                      'the export (1 thread).')
+  flags.DEFINE_float('poll_seconds', POLL_SECONDS, 'tpu_vm: how often to '
+                     'look at a detached run.')
 
 
 def run_from_flags(runs: Sequence[hyper.Run], *, tpu: str | None = None,
@@ -347,16 +616,59 @@ def run_from_flags(runs: Sequence[hyper.Run], *, tpu: str | None = None,
       workdir=values.workdir, launcher=values.launcher,
       tpu=values.tpu or tpu, zone=values.zone or zone,
       config_overrides=config_overrides_from_argv(sys.argv),
-      dry_run=values.dry_run)
+      dry_run=values.dry_run, remote_python=values.remote_python,
+      data_dir=values.data_dir, export=values.export,
+      poll_seconds=values.poll_seconds)
 
 
 _USAGE = ('usage: python -m mobilenet_jax.sweep run --config=FILE --sweep=FILE '
-          '--workdir=DIR [...]  |  python -m mobilenet_jax.sweep summarize DIR')
+          '--workdir=DIR [...]  |  python -m mobilenet_jax.sweep summarize DIR'
+          '  |  python -m mobilenet_jax.sweep status DIR  |  python -m '
+          'mobilenet_jax.sweep export DIR --export=float,int8')
+
+
+def print_status(workdir: str) -> list[sweep_runs.RunState]:
+  """Prints one line per run of a sweep directory (not started / running
+  with its last step / finished with top-1 / failed with the error) and the
+  counts; returns the states."""
+  states = sweep_runs.sweep_states(workdir)
+  if not states:
+    raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
+                     f'in {workdir!r}')
+  now = time.time()
+  for state in states:
+    print(sweep_runs.describe(state, now))
+  counts = collections.Counter(state.status for state in states)
+  print(f'{len(states)} runs: ' + ', '.join(
+      f'{counts[status]} {label}' for status, label in (
+          ('finished', 'finished'), ('running', 'running'),
+          ('failed', 'failed'), ('pending', 'not started'))))
+  return states
 
 
 def main(argv):
-  if len(argv) < 2 or argv[1] not in ('run', 'summarize'):
+  if len(argv) < 2 or argv[1] not in ('run', 'summarize', 'status', 'export'):
     raise app.UsageError(_USAGE)
+  if argv[1] in ('status', 'export'):
+    if len(argv) != 3:
+      raise app.UsageError(_USAGE)
+    try:
+      if argv[1] == 'status':
+        print_status(argv[2])
+      else:
+        kinds = parse_exports(flags.FLAGS.export)
+        if not kinds:
+          raise ValueError('give --export=float, int8 or float,int8')
+        path = epath.Path(argv[2])
+        if (path / sweep_runs.RUN_FILE).exists():  # one run
+          export_run(argv[2], kinds)
+        else:  # every finished run of a sweep
+          for state in sweep_runs.sweep_states(argv[2]):
+            if state.status == 'finished':
+              export_run(os.fspath(path / state.name), kinds)
+    except ValueError as e:
+      sys.exit(f'error: {e}')
+    return
   if argv[1] == 'summarize':
     if len(argv) != 3:
       raise app.UsageError(_USAGE)
@@ -375,7 +687,7 @@ def main(argv):
     statuses = run_from_flags(sweep.runs, tpu=sweep.tpu, zone=sweep.zone)
   except ValueError as e:
     sys.exit(f'error: {e}')
-  if 'failed' in statuses.values():
+  if {'failed', 'export failed'} & set(statuses.values()):
     sys.exit(1)
 
 

@@ -1,15 +1,17 @@
 """Summarising a sweep directory (`sweep_runs`): a results table and a plot.
 
 `summarize(DIR)` writes DIR/results.csv, DIR/results.md and DIR/tradeoff.png
-(top-1 against multiply-adds, as the V1 paper's figure 4, for our runs). It
-works on a partly finished sweep and on gs:// directories, and reads only
-what the runs wrote (no dataset, no TensorFlow).
+(top-1 against multiply-adds, as the V1 paper's figure 4, for our runs) and,
+when runs were exported (`sweep run --export`), DIR/tradeoff_latency.png
+(each export's top-1 against its measured LiteRT latency, as the V3 paper's
+figures) and the exports' top-1 and latency columns. It works on a partly
+finished sweep and on gs:// directories, and reads only what the runs wrote
+(no dataset, no TensorFlow).
 """
 
 import csv
 import dataclasses
 import io
-import json
 import os
 import statistics
 from typing import Sequence
@@ -40,22 +42,14 @@ class Row:
   top5: float | None = None
   steps: int | None = None
   img_per_sec: float | None = None
+  # {'float' / 'int8': sweep_runs.export_result_path's record}
+  exports: dict = dataclasses.field(default_factory=dict)
 
 
 def _train_metrics(run_dir: epath.Path) -> list[dict]:
   """The train lines of metrics.jsonl (a half-written last line is skipped)."""
-  path = run_dir / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  lines = []
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if record.get('split') == 'train':
-      lines.append(record)
-  return lines
+  return [record for record in sweep_runs.metrics_records(run_dir)
+          if record.get('split') == 'train']
 
 
 def _resolution(config: ml_collections.ConfigDict) -> int | None:
@@ -111,16 +105,10 @@ def _row(record: dict, run_dir: epath.Path) -> Row:
   if started and row.resolution is not None:
     row.params, row.macs = (_model_costs(config, row.resolution)
                             or (None, None))
-  final = sweep_runs.final_eval_path(run_dir)
-  if final is not None and final.exists():
-    result = json.loads(final.read_text())
-    row.status = 'finished'
-    row.top1, row.top5 = result['top1'], result['top5']
-  elif record['status'] == 'failed':
-    row.status = 'failed'
-  elif (record['status'] == 'running' or
-        (run_dir / checkpoint.CHECKPOINT_SUBDIR).exists()):
-    row.status = 'running'
+  state = sweep_runs.run_state(run_dir, record)
+  row.status, row.top1, row.top5 = state.status, state.top1, state.top5
+  if state.status == 'finished':
+    row.exports = sweep_runs.export_results(run_dir)
   train = _train_metrics(run_dir)
   if train:
     row.steps = train[-1]['step']
@@ -137,14 +125,31 @@ def _blank(value, fmt: str) -> str:
   return '' if value is None else format(value, fmt)
 
 
+def export_kinds(rows: Sequence[Row]) -> list[str]:
+  """The export kinds ('float', 'int8') some row has a result for."""
+  return [kind for kind in sweep_runs.EXPORT_QUANTIZE
+          if any(kind in row.exports for row in rows)]
+
+
+def _export_value(row: Row, kind: str, field: str):
+  return row.exports.get(kind, {}).get(field)
+
+
 def results_csv(rows: Sequence[Row], keys: Sequence[str]) -> str:
+  """One line per run; with exports, <kind>_top1 and <kind>_latency_ms
+  columns (kind: float, int8) before the status."""
+  kinds = export_kinds(rows)
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
-  writer.writerow(['run', *keys, *_COLUMNS])
+  writer.writerow(['run', *keys, *_COLUMNS[:-1],
+                   *(f'{kind}_{field}' for kind in kinds
+                     for field in ('top1', 'latency_ms')), _COLUMNS[-1]])
   for row in rows:
+    values = [getattr(row, c) for c in _COLUMNS[:-1]]
+    values += [_export_value(row, kind, field) for kind in kinds
+               for field in ('top1', 'latency_ms')]
     writer.writerow([row.name, *(row.overrides.get(k, '') for k in keys),
-                     *('' if getattr(row, c) is None else getattr(row, c)
-                       for c in _COLUMNS)])
+                     *('' if v is None else v for v in values), row.status])
   return out.getvalue()
 
 
@@ -156,8 +161,11 @@ def markdown_table(header: Sequence[str],
 
 
 def results_markdown(rows: Sequence[Row], keys: Sequence[str]) -> str:
+  kinds = export_kinds(rows)
   header = ['run', *keys, 'resolution', 'params (M)', 'MACs (M)',
-            'top-1 (%)', 'top-5 (%)', 'steps', 'img/s', 'status']
+            'top-1 (%)', 'top-5 (%)', 'steps', 'img/s',
+            *(f'{kind} {column}' for kind in kinds
+              for column in ('top-1 (%)', 'ms')), 'status']
   return markdown_table(header, [
       [row.name, *(sweep_runs.format_value(row.overrides[k])
                    if k in row.overrides else '' for k in keys),
@@ -166,52 +174,65 @@ def results_markdown(rows: Sequence[Row], keys: Sequence[str]) -> str:
        _blank(row.macs and row.macs / 1e6, '.1f'),
        _blank(row.top1 and 100 * row.top1, '.1f'),
        _blank(row.top5 and 100 * row.top5, '.1f'),
-       _blank(row.steps, 'd'), _blank(row.img_per_sec, '.0f'), row.status]
+       _blank(row.steps, 'd'), _blank(row.img_per_sec, '.0f'),
+       *(cell for kind in kinds for cell in (
+           _blank(_percent(_export_value(row, kind, 'top1')), '.1f'),
+           _blank(_export_value(row, kind, 'latency_ms'), '.2f'))),
+       row.status]
       for row in rows])
 
 
-def tradeoff_series(rows: Sequence[Row],
-                    keys: Sequence[str]) -> dict[str, list[Row]]:
+def _percent(value: float | None) -> float | None:
+  return None if value is None else 100 * value
+
+
+def tradeoff_series(rows: Sequence[Row], keys: Sequence[str],
+                    export: str | None = None) -> dict[str, list[Row]]:
   """Finished runs grouped by every swept key but the fastest varying (the
-  last): {'alpha=0.5': [runs over rho], ...}, each sorted by MACs."""
+  last): {'alpha=0.5': [runs over rho], ...}, each sorted by MACs; with
+  `export` ('float', 'int8'), the runs with that export's result, sorted by
+  its latency."""
   series = {}
   for row in rows:
-    if row.top1 is None or row.macs is None:
+    if export is None and (row.top1 is None or row.macs is None):
+      continue
+    if export is not None and export not in row.exports:
       continue
     label = ', '.join(
         f'{k.rsplit(".", 1)[-1]}={sweep_runs.format_value(row.overrides[k])}'
         for k in keys[:-1] if k in row.overrides) or 'runs'
     series.setdefault(label, []).append(row)
-  return {label: sorted(group, key=lambda row: row.macs)
-          for label, group in series.items()}
+  if export is None:
+    key = lambda row: row.macs
+  else:
+    key = lambda row: row.exports[export]['latency_ms']
+  return {label: sorted(group, key=key) for label, group in series.items()}
 
 
-def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
-  """Top-1 against MACs (log scale), one line per series, each point
-  labelled with its fastest-varying value."""
+def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
+          title: str, empty: str) -> bytes:
+  """A PNG: one line per label through its (x, top-1 %, annotation)
+  points, x on a log scale."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(figsize=(7, 5))
-  fastest = keys[-1] if keys else None
-  for label, group in tradeoff_series(rows, keys).items():
-    macs = [row.macs / 1e6 for row in group]
-    top1 = [100 * row.top1 for row in group]
-    axes.plot(macs, top1, marker='o', label=label)
-    for row, x, y in zip(group, macs, top1):
-      if fastest in row.overrides:
-        axes.annotate(sweep_runs.format_value(row.overrides[fastest]), (x, y),
-                      textcoords='offset points', xytext=(4, 4), fontsize=8)
+  for label, points in lines.items():
+    xs, ys, notes = zip(*points)
+    axes.plot(xs, ys, marker='o', label=label)
+    for x, y, note in zip(xs, ys, notes):
+      if note:
+        axes.annotate(note, (x, y), textcoords='offset points', xytext=(4, 4),
+                      fontsize=8)
   if not axes.lines:
-    axes.text(0.5, 0.5, 'no finished runs yet', ha='center', va='center',
+    axes.text(0.5, 0.5, empty, ha='center', va='center',
               transform=axes.transAxes)
   else:
     axes.set_xscale('log')
     axes.legend(fontsize=8)
-  axes.set_xlabel('multiply-adds (millions, log scale)')
+  axes.set_xlabel(xlabel)
   axes.set_ylabel('top-1 (%)')
-  axes.set_title(title if fastest is None else
-                 f'{title} (points: {fastest.rsplit(".", 1)[-1]})')
+  axes.set_title(title)
   axes.grid(True, which='both', alpha=0.3)
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png', dpi=120, bbox_inches='tight')
@@ -219,9 +240,46 @@ def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
   return buffer.getvalue()
 
 
+def _note(row: Row, fastest: str | None) -> str:
+  if fastest in row.overrides:
+    return sweep_runs.format_value(row.overrides[fastest])
+  return ''
+
+
+def _title(title: str, keys: Sequence[str]) -> str:
+  return (title if not keys else
+          f'{title} (points: {keys[-1].rsplit(".", 1)[-1]})')
+
+
+def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
+  """Top-1 against MACs (log scale), one line per series, each point
+  labelled with its fastest-varying value."""
+  fastest = keys[-1] if keys else None
+  lines = {label: [(row.macs / 1e6, 100 * row.top1, _note(row, fastest))
+                   for row in group]
+           for label, group in tradeoff_series(rows, keys).items()}
+  return _plot(lines, 'multiply-adds (millions, log scale)',
+               _title(title, keys), 'no finished runs yet')
+
+
+def latency_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
+  """Each export's top-1 against its LiteRT latency (1 thread, batch 1; log
+  scale): one line per export kind and series, as the V3 paper's figures."""
+  fastest = keys[-1] if keys else None
+  lines = {}
+  for kind in export_kinds(rows):
+    for label, group in tradeoff_series(rows, keys, export=kind).items():
+      lines[f'{kind}: {label}' if label != 'runs' else kind] = [
+          (row.exports[kind]['latency_ms'], 100 * row.exports[kind]['top1'],
+           _note(row, fastest)) for row in group]
+  return _plot(lines, 'latency (ms, LiteRT, 1 thread, log scale)',
+               _title(title, keys), 'no exported runs yet')
+
+
 def summarize(workdir: str) -> list[Row]:
-  """Writes DIR/results.csv, DIR/results.md and DIR/tradeoff.png; returns
-  the rows."""
+  """Writes DIR/results.csv, DIR/results.md, DIR/tradeoff.png and, when
+  some run has an export's result, DIR/tradeoff_latency.png; returns the
+  rows."""
   rows = collect(workdir)
   if not rows:
     raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
@@ -230,8 +288,10 @@ def summarize(workdir: str) -> list[Row]:
   path = epath.Path(workdir)
   (path / 'results.csv').write_text(results_csv(rows, keys))
   (path / 'results.md').write_text(results_markdown(rows, keys))
-  (path / 'tradeoff.png').write_bytes(
-      tradeoff_png(rows, keys, os.path.basename(workdir.rstrip('/'))))
+  title = os.path.basename(workdir.rstrip('/'))
+  (path / 'tradeoff.png').write_bytes(tradeoff_png(rows, keys, title))
+  if export_kinds(rows):
+    (path / 'tradeoff_latency.png').write_bytes(latency_png(rows, keys, title))
   return rows
 
 

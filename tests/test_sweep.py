@@ -9,6 +9,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -168,6 +169,9 @@ def test_run_names_are_filesystem_safe_and_distinct():
 
 
 def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
+  """The README's TPU VM setup: the repository's .venv interpreter, the data
+  directory every worker reads, training detached on every worker with its
+  output on the worker's disk."""
   sweep_file = write_sweep_file(tmp_path / 'sweep.py', (
       'TPU = "my-tpu"\nZONE = "us-central2-b"\n\n'
       'def get_sweep(h):\n'
@@ -176,16 +180,27 @@ def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
       [sys.executable, '-m', 'mobilenet_jax.sweep', 'run',
        '--config=configs/imagenet_mobilenet_v2.py:rho=0.857',
        f'--sweep={sweep_file}', '--workdir=gs://bucket/sweeps/v2/',
-       '--launcher=tpu_vm', '--dry_run', '--config.num_train_steps=10'],
+       '--launcher=tpu_vm', '--dry_run', '--config.num_train_steps=10',
+       '--data_dir=gs://bucket/tensorflow_datasets'],
       cwd=REPO, capture_output=True, text=True, check=True).stdout
   lines = out.splitlines()
   assert len(lines) == 2
+  log = '~/mobilenet_jax_logs/bucket/sweeps/v2/alpha_0.5/log.txt'
+  train = ('.venv/bin/python -m mobilenet_jax.main '
+           '--config=configs/imagenet_mobilenet_v2.py:rho=0.857 '
+           '--workdir=gs://bucket/sweeps/v2/alpha_0.5 '
+           '--config.num_train_steps=10 '
+           '--config.data.data_dir=gs://bucket/tensorflow_datasets '
+           '--config.model.alpha=0.5')
   assert lines[0] == (
       "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
-      "--worker=all --command='cd ~/mobilenet_jax && python3 -m "
-      "mobilenet_jax.main --config=configs/imagenet_mobilenet_v2.py:rho=0.857 "
-      "--workdir=gs://bucket/sweeps/v2/alpha_0.5 --config.num_train_steps=10 "
-      "--config.model.alpha=0.5'")
+      "--worker=all --command='cd ~/mobilenet_jax && { test -x "
+      ".venv/bin/python || { echo \"no .venv/bin/python in ~/mobilenet_jax: "
+      "set the TPU VM up as the README says\" >&2; exit 1; }; } && "
+      "mkdir -p ~/mobilenet_jax_logs/bucket/sweeps/v2/alpha_0.5 && "
+      "{ nohup setsid .venv/bin/python -m mobilenet_jax.sweep_runs worker "
+      "gs://bucket/sweeps/v2/alpha_0.5 '\"'\"'" + log + "'\"'\"' -- " + train +
+      " >> " + log + " 2>&1 < /dev/null & }'")
   # What the shell (and then the TPU VM's shell) would run.
   argv = shlex.split(lines[1])
   assert argv[:8] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu',
@@ -193,11 +208,151 @@ def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
   assert argv[8].startswith('--command=')
   remote = argv[8][len('--command='):]
   assert remote.startswith('cd ~/mobilenet_jax && ')
-  assert shlex.split(remote.split(' && ', 1)[1]) == [
-      'python3', '-m', 'mobilenet_jax.main',
+  detached = shlex.split(remote.rsplit(' && ', 1)[1])
+  assert detached[:3] == ['{', 'nohup', 'setsid']
+  assert detached[-7:] == ['>>', log.replace('alpha_0.5', 'alpha_1.0'), '2>&1',
+                           '<', '/dev/null', '&', '}']
+  command = detached[detached.index('--') + 1:detached.index('>>')]
+  assert command == [
+      '.venv/bin/python', '-m', 'mobilenet_jax.main',
       '--config=configs/imagenet_mobilenet_v2.py:rho=0.857',
       '--workdir=gs://bucket/sweeps/v2/alpha_1.0',
-      '--config.num_train_steps=10', '--config.model.alpha=1.0']
+      '--config.num_train_steps=10',
+      '--config.data.data_dir=gs://bucket/tensorflow_datasets',
+      '--config.model.alpha=1.0']
+
+
+def test_tpu_vm_commands_take_the_remote_python_and_need_a_data_dir(tmp_path):
+  runs = hyper.sweep('model.alpha', [0.5])
+  kwargs = dict(config=default.get_config(), config_arg='configs/default.py',
+                workdir='gs://b/s', launcher='tpu_vm', tpu='t', zone='z',
+                dry_run=True)
+  with pytest.raises(ValueError, match='--data_dir'):
+    sweep.run_sweep(runs, **kwargs)
+  with pytest.raises(ValueError, match='once'):
+    sweep.run_sweep(runs, data_dir='gs://b/tfds',
+                    config_overrides=['--config.data.data_dir=gs://b/x'],
+                    **kwargs)
+  # The config's own data_dir (or a folder: dataset) is enough.
+  config = default.get_config()
+  config.data.data_dir = 'gs://b/tfds'
+  sweep.run_sweep(runs, **{**kwargs, 'config': config})
+  command = sweep.launch_command('tpu_vm', 'configs/default.py', 'gs://b/s/r',
+                                 ['--config.data.data_dir=gs://b/tfds'],
+                                 tpu='t', zone='z',
+                                 remote_python='/opt/venv/bin/python')
+  remote = command[-1][len('--command='):]
+  assert 'test -x /opt/venv/bin/python' in remote
+  assert ('setsid /opt/venv/bin/python -m mobilenet_jax.sweep_runs worker '
+          in remote)
+  assert '-- /opt/venv/bin/python -m mobilenet_jax.main' in remote
+
+
+def test_remote_command_returns_at_once_and_the_worker_records_the_end(
+    tmp_path):
+  """The tpu_vm command run by a local shell, as a worker would: it returns
+  while training goes on; the worker's log is on its disk, copied into the
+  run directory at the end, and a failure is recorded in run.json."""
+  home = tmp_path / 'home'
+  home.mkdir()
+  os.symlink(REPO, home / 'mobilenet_jax')
+  fake_python = tmp_path / 'python'  # training: a line, 4 s, an error
+  fake_python.write_text(
+      '#!/bin/sh\n'
+      'if [ "$2" = mobilenet_jax.main ]; then echo "training $4"; sleep 4; '
+      'echo "RuntimeError: boom"; exit 3; fi\n'
+      f'exec {sys.executable} "$@"\n')
+  fake_python.chmod(0o755)
+  run_dir = tmp_path / 'sweep' / 'alpha_0.5'
+  run_dir.mkdir(parents=True)
+  (run_dir / sweep_runs.RUN_FILE).write_text(json.dumps(
+      dict(index=0, name='alpha_0.5', overrides={'model.alpha': 0.5},
+           status='running', error=None)))
+  remote = sweep.remote_command('configs/default.py', str(run_dir),
+                                ['--config.model.alpha=0.5'],
+                                remote_python=str(fake_python))
+  env = {**os.environ, 'HOME': str(home)}
+  shell = subprocess.run(['bash', '-c', remote], env=env, capture_output=True,
+                         text=True, timeout=60)
+  assert shell.returncode == 0, shell.stderr
+  log = home / sweep_runs.worker_log_path(str(run_dir))[2:]
+  record = json.loads((run_dir / sweep_runs.RUN_FILE).read_text())
+  assert record['status'] == 'running'  # returned before training ended
+  for _ in range(120):
+    record = json.loads((run_dir / sweep_runs.RUN_FILE).read_text())
+    if record['status'] == 'failed':
+      break
+    time.sleep(0.5)
+  assert record['status'] == 'failed', log.read_text()
+  assert (record['error'], record['returncode']) == ('RuntimeError: boom', 3)
+  assert f'training --workdir={run_dir}' in log.read_text()
+  uploaded = list(run_dir.glob('log.*.txt'))
+  assert len(uploaded) == 1
+  assert 'RuntimeError: boom' in uploaded[0].read_text()
+  assert 'RuntimeError: boom' in (run_dir / sweep_runs.ERROR_FILE).read_text()
+  state = sweep_runs.run_state(run_dir)
+  assert (state.status, state.error) == ('failed', 'RuntimeError: boom')
+
+
+def test_tpu_vm_sweep_waits_for_each_detached_run(tmp_path, monkeypatch,
+                                                  capsys):
+  """run_sweep with launcher tpu_vm against a fake gcloud that runs the
+  remote command in a local shell: each run starts detached, the sweep
+  watches its directory until it finished or a worker recorded its failure,
+  then launches the next."""
+  home = tmp_path / 'home'
+  home.mkdir()
+  os.symlink(REPO, home / 'mobilenet_jax')
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'gcloud').write_text(
+      '#!/bin/bash\nfor a; do case $a in --command=*) c="${a#--command=}";; '
+      'esac; done\nexec bash -c "$c"\n')
+  fake_python = bin_dir / 'python'  # alpha 0.5 finishes, alpha 1.0 fails
+  fake_python.write_text(
+      '#!/bin/bash\n'
+      'if [ "$2" = mobilenet_jax.main ]; then w="${4#--workdir=}"; sleep 1\n'
+      '  if [[ $w == *alpha_0.5 ]]; then mkdir -p $w/eval; '
+      'echo \'{"num_train_steps": 2}\' > $w/config.json; '
+      'echo \'{"top1": 0.5, "top5": 1.0}\' > $w/eval/step_2.json; exit 0; fi\n'
+      '  echo "ValueError: bad"; exit 2; fi\n'
+      f'exec {sys.executable} "$@"\n')
+  for script in bin_dir.iterdir():
+    script.chmod(0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}:{os.environ["PATH"]}')
+  monkeypatch.setenv('HOME', str(home))
+  monkeypatch.setattr(sweep, '_check_launcher', lambda *args: None)  # gs://
+  workdir = tmp_path / 'sweep'
+  statuses = sweep.run_sweep(
+      hyper.sweep('model.alpha', [0.5, 1.0]), config=default.get_config(),
+      config_arg='configs/default.py', workdir=str(workdir),
+      launcher='tpu_vm', tpu='t', zone='z', data_dir='gs://b/tfds',
+      remote_python=str(fake_python), poll_seconds=0.2)
+  assert statuses == {'alpha_0.5': 'finished', 'alpha_1.0': 'failed'}
+  out = capsys.readouterr().out
+  assert ('detached on every worker; its output there: '
+          '~/mobilenet_jax_logs/') in out
+  assert '[2/2] alpha_1.0: failed after' in out
+  assert 'ValueError: bad' in out
+  failed = json.loads((workdir / 'alpha_1.0' / sweep_runs.RUN_FILE).read_text())
+  assert (failed['status'], failed['error'], failed['returncode']) == (
+      'failed', 'ValueError: bad', 2)
+  assert [s.status for s in sweep.print_status(str(workdir))] == [
+      'finished', 'failed']
+
+
+def test_a_worker_does_not_start_a_run_it_trains_already(tmp_path):
+  proc = tmp_path / 'proc'
+  for pid, argv in [(11, ['python', '-m', 'mobilenet_jax.main',
+                          '--config=c.py', '--workdir=gs://b/s/r']),
+                    (12, ['python', '-m', 'mobilenet_jax.main',
+                          '--workdir=gs://b/s/r2']),
+                    (13, ['vim', '--workdir=gs://b/s/r'])]:
+    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid) / 'cmdline').write_bytes('\0'.join(argv).encode() + b'\0')
+  (proc / 'self').mkdir()
+  assert sweep_runs.training_pids('gs://b/s/r', proc=str(proc)) == [11]
+  assert sweep_runs.training_pids('gs://b/s/r3', proc=str(proc)) == []
 
 
 def test_format_command_quotes_for_the_shell():
@@ -277,6 +432,48 @@ def test_summarize_a_partly_finished_sweep(tmp_path, data_dir):
   assert (tmp_path / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_status_reports_every_run_from_the_directory_alone(tmp_path, data_dir,
+                                                          capsys):
+  fabricate_run(tmp_path, 'alpha_0.25', 0, {'model.alpha': 0.25}, 'finished',
+                data_dir, metrics=[(100, 10.0)], steps=100)
+  (tmp_path / 'alpha_0.25' / 'eval').mkdir()
+  (tmp_path / 'alpha_0.25' / 'eval' / 'step_100.json').write_text(
+      json.dumps({'step': 100, 'top1': 0.875, 'top5': 1.0}))
+  # Another split's or an export's result is not training's final one.
+  fabricate_run(tmp_path, 'alpha_0.5', 1, {'model.alpha': 0.5}, 'running',
+                data_dir, metrics=[(10, 10.0), (20, 10.0)], steps=100)
+  (tmp_path / 'alpha_0.5' / 'eval').mkdir()
+  (tmp_path / 'alpha_0.5' / 'eval' / 'step_100.tflite_int8.json').write_text(
+      '{}')
+  # Stopped after a checkpoint, before metrics reached it (or none logged).
+  fabricate_run(tmp_path, 'alpha_0.75', 2, {'model.alpha': 0.75}, 'pending',
+                data_dir, metrics=[], steps=100)
+  (tmp_path / 'alpha_0.75' / 'checkpoints' / '40').mkdir(parents=True)
+  fabricate_run(tmp_path, 'alpha_1.0', 3, {'model.alpha': 1.0}, 'failed',
+                data_dir, metrics=[(5, 10.0)], steps=100)
+  record = json.loads((tmp_path / 'alpha_1.0' / 'run.json').read_text())
+  record['error'] = 'FloatingPointError: loss is nan at step 6'
+  (tmp_path / 'alpha_1.0' / 'run.json').write_text(json.dumps(record))
+  fabricate_run(tmp_path, 'alpha_1.25', 4, {'model.alpha': 1.25}, 'pending',
+                data_dir)
+  states = sweep.print_status(str(tmp_path))
+  assert [(s.name, s.status, s.step) for s in states] == [
+      ('alpha_0.25', 'finished', 100), ('alpha_0.5', 'running', 20),
+      ('alpha_0.75', 'running', 40), ('alpha_1.0', 'failed', 5),
+      ('alpha_1.25', 'pending', None)]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == 'alpha_0.25: finished, top-1 87.5%'
+  assert lines[1].startswith('alpha_0.5: running, step 20/100 (updated ')
+  assert lines[2].startswith('alpha_0.75: running, step 40/100 (updated ')
+  assert lines[3] == ('alpha_1.0: failed: FloatingPointError: loss is nan at '
+                      'step 6')
+  assert lines[4] == 'alpha_1.25: not started'
+  assert lines[5] == ('5 runs: 1 finished, 2 running, 1 failed, '
+                      '1 not started')
+  with pytest.raises(ValueError, match='no runs'):
+    sweep.print_status(str(tmp_path / 'alpha_1.25'))
+
+
 # Real runs: a local sweep of a tiny training and an invalid one.
 
 TINY = [
@@ -290,8 +487,9 @@ TINY = [
 
 @pytest.fixture(scope='module')
 def real_sweep(tmp_path_factory, data_dir):
-  """Runs a 2-run sweep twice: V1 alpha 0.25 trains 2 steps, alpha -1 fails;
-  the second time the finished run is skipped."""
+  """Runs a 2-run sweep twice: V1 alpha 0.25 trains 2 steps and is exported
+  (float and int8), alpha -1 fails; the second time the finished run and its
+  exports are skipped."""
   root = tmp_path_factory.mktemp('sweep')
   sweep_file = write_sweep_file(root / 'tiny.py', (
       'def get_sweep(h):\n'
@@ -300,8 +498,8 @@ def real_sweep(tmp_path_factory, data_dir):
   workdir = root / 'runs'
   command = [sys.executable, '-m', 'mobilenet_jax.sweep', 'run',
              '--config=configs/default.py', f'--sweep={sweep_file}',
-             f'--workdir={workdir}', *TINY,
-             f'--config.data.data_dir={data_dir}']
+             f'--workdir={workdir}', '--export=float,int8', *TINY,
+             f'--data_dir={data_dir}']
   first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
   log = (workdir / 'alpha_0.25' / sweep_runs.LOG_FILE).read_text()
   second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -336,6 +534,7 @@ def test_rerun_skips_finished_runs_and_retries_failed_ones(real_sweep):
   workdir, _, second, log = real_sweep
   assert second.returncode == 1
   assert '[1/2] alpha_0.25: finished before, skipped' in second.stdout
+  assert 'alpha_0.25: float, int8 exported before, skipped' in second.stdout
   assert '[2/2] alpha_-1.0: failed after' in second.stdout
   assert (workdir / 'alpha_0.25' / sweep_runs.LOG_FILE).read_text() == log
   # The failed run was launched again: its log holds two attempts.
@@ -373,7 +572,7 @@ def test_summarize_real_runs(real_sweep):
     table = {r['run']: r for r in csv.DictReader(f)}
   assert list(table['alpha_0.25'])[:3] == ['run', 'model.alpha', 'resolution']
   row = table['alpha_0.25']
-  result = json.loads(
+  result = result_jax = json.loads(
       (workdir / 'alpha_0.25' / 'eval' / 'step_2.json').read_text())
   assert (float(row['top1']), float(row['top5'])) == (result['top1'],
                                                      result['top5'])
@@ -395,7 +594,26 @@ def test_summarize_real_runs(real_sweep):
   markdown = (workdir / 'results.md').read_text().splitlines()
   assert len(markdown) == 2 + 2
   assert markdown[3].startswith('| alpha_-1.0 | -1.0 | 32 |')
+  assert markdown[0].endswith(
+      '| float top-1 (%) | float ms | int8 top-1 (%) | int8 ms | status |')
   assert (workdir / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The exports: top-1 on the eval split and latency, float and int8.
+  run_dir = workdir / 'alpha_0.25'
+  for kind, quantization in (('float', 'none'), ('int8', 'int8')):
+    result = json.loads(
+        (run_dir / 'tflite' / f'step_2.{kind}.result.json').read_text())
+    meta = json.loads((run_dir / 'tflite' / f'step_2.{kind}.json').read_text())
+    assert (meta['quantization'], meta['step']) == (quantization, 2)
+    assert (run_dir / 'tflite' / f'step_2.{kind}.tflite').exists()
+    assert result['num_examples'] == 75 and result['threads'] == 1
+    assert float(row[f'{kind}_top1']) == result['top1']
+    assert float(row[f'{kind}_latency_ms']) == result['latency_ms'] > 0
+    assert failed[f'{kind}_top1'] == ''
+  # Training's own final evaluation is still what the summary reports.
+  assert json.loads(
+      (run_dir / 'eval' / 'step_2.json').read_text()) == result_jax
+  assert (workdir / 'tradeoff_latency.png').read_bytes()[:8] == (
+      b'\x89PNG\r\n\x1a\n')
 
 
 def test_summarizing_imports_no_tensorflow(tmp_path, data_dir):
