@@ -372,6 +372,31 @@ def test_evaluations_of_one_run_share_one_compiled_eval_step():
   assert other is not first
 
 
+def test_three_evaluations_compile_the_eval_step_once(data_dir):
+  """Periodic evaluations of new variables (and the padded last batch) reuse
+  one compiled eval step."""
+  config = tiny_config(data_dir)
+  num_classes = tfds.builder(
+      config.data.dataset, data_dir=data_dir).info.features['label'].num_classes
+  model = models.create_model('mobilenet_v1', num_classes=num_classes,
+                              alpha=0.25)
+  mesh = parallel.create_mesh()
+  step = evaluation.jit_eval_step(model, num_classes, mesh,
+                                  tuple(config.data.mean),
+                                  tuple(config.data.std))
+  results = []
+  for seed in range(3):
+    variables = state_lib.init_variables(model, jax.random.key(seed), 32)
+    # The classifier starts at zero: shift every weight, as training would.
+    variables = jax.tree.map(lambda x, s=seed: x + 0.1 * s, variables)
+    results.append(evaluation.evaluate_dataset(
+        model, variables, config.data, global_batch_size=7, resolution=32,
+        num_classes=num_classes, mesh=mesh))
+  assert results[0]['num_examples'] % 7 != 0  # a padded last batch
+  assert len({r['loss'] for r in results}) == 3  # three sets of variables
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
 # The pixels by hand in numpy: what the input pipeline yielded before it
 # yielded uint8. With mean 0 and std 1/255 (255 * std is exactly 1 in
 # float32) the steps' normalisation is the identity, i.e. the old float path.
