@@ -128,9 +128,14 @@ def test_a_failed_checkpoint_write_keeps_the_older_ones(data_dir, finished_run,
            'JAX_ENABLE_COMPILATION_CACHE': 'false'},
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 1, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1] == (
-      f'error: could not write the checkpoint of step 3 in workdir '
-      f'{workdir}: [Errno 27] File too large; checkpoints kept: 1, 2')
+  # One error line (tensorstore's threads may still print "error in the
+  # background: ..." lines as the process exits, after it).
+  assert [line for line in result.stderr.splitlines()
+          if line.startswith('error: ')] == [
+              f'error: could not write the checkpoint of step 3 in workdir '
+              f'{workdir}: [Errno 27] File too large; checkpoints kept: 1, 2']
+  # orbax logs the failure from each of its threads, without tracebacks.
+  assert 'Traceback' not in result.stderr
   # Steps 1 and 2 as they were, no partial step 3, and step 2 restores.
   assert _files(workdir / checkpoint.CHECKPOINT_SUBDIR) == kept
   assert int(restored_state(str(workdir)).step) == 2
