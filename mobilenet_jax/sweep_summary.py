@@ -4,7 +4,9 @@
 (top-1 against multiply-adds, as the V1 paper's figure 4, for our runs) and,
 when runs were exported (`sweep run --export`), DIR/tradeoff_latency.png
 (each export's top-1 against its measured LiteRT latency, as the V3 paper's
-figures) and the exports' top-1 and latency columns. It works on a partly
+figures) and the exports' top-1 and latency columns. results.csv's last
+column is each run's code hash (`provenance`); runs of one sweep from
+different code give a one-line warning. It works on a partly
 finished sweep and on gs:// directories, and reads only what the runs wrote
 (no dataset, no TensorFlow).
 """
@@ -14,6 +16,7 @@ import dataclasses
 import io
 import os
 import statistics
+import sys
 from typing import Sequence
 
 from etils import epath
@@ -23,6 +26,7 @@ from mobilenet_jax import checkpoint
 from mobilenet_jax import costs
 from mobilenet_jax import hyper
 from mobilenet_jax import models
+from mobilenet_jax import provenance
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import sweep_runs
 
@@ -44,6 +48,7 @@ class Row:
   img_per_sec: float | None = None
   # {'float' / 'int8': sweep_runs.export_result_path's record}
   exports: dict = dataclasses.field(default_factory=dict)
+  code_hash: str | None = None  # of the code its latest start ran
 
 
 def _train_metrics(run_dir: epath.Path) -> list[dict]:
@@ -105,6 +110,8 @@ def _row(record: dict, run_dir: epath.Path) -> Row:
   if started and row.resolution is not None:
     row.params, row.macs = (_model_costs(config, row.resolution)
                             or (None, None))
+  ran = sweep_runs.read_json(run_dir / provenance.PROVENANCE_FILE)
+  row.code_hash = ran['code_hash'] if ran else None
   state = sweep_runs.run_state(run_dir, record)
   row.status, row.top1, row.top5 = state.status, state.top1, state.top5
   if state.status == 'finished':
@@ -137,19 +144,21 @@ def _export_value(row: Row, kind: str, field: str):
 
 def results_csv(rows: Sequence[Row], keys: Sequence[str]) -> str:
   """One line per run; with exports, <kind>_top1 and <kind>_latency_ms
-  columns (kind: float, int8) before the status."""
+  columns (kind: float, int8) before the status; the code hash last."""
   kinds = export_kinds(rows)
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
   writer.writerow(['run', *keys, *_COLUMNS[:-1],
                    *(f'{kind}_{field}' for kind in kinds
-                     for field in ('top1', 'latency_ms')), _COLUMNS[-1]])
+                     for field in ('top1', 'latency_ms')), _COLUMNS[-1],
+                   'code_hash'])
   for row in rows:
     values = [getattr(row, c) for c in _COLUMNS[:-1]]
     values += [_export_value(row, kind, field) for kind in kinds
                for field in ('top1', 'latency_ms')]
     writer.writerow([row.name, *(row.overrides.get(k, '') for k in keys),
-                     *('' if v is None else v for v in values), row.status])
+                     *('' if v is None else v for v in values), row.status,
+                     row.code_hash or ''])
   return out.getvalue()
 
 
@@ -287,6 +296,10 @@ def summarize(workdir: str) -> list[Row]:
   keys = sweep_runs.swept_keys([row.overrides for row in rows])
   path = epath.Path(workdir)
   (path / 'results.csv').write_text(results_csv(rows, keys))
+  hashes = {row.code_hash for row in rows if row.code_hash}
+  if len(hashes) > 1:
+    print(f'warning: the runs of {workdir} ran {len(hashes)} different code '
+          'trees (code_hash column of results.csv)', file=sys.stderr)
   (path / 'results.md').write_text(results_markdown(rows, keys))
   title = os.path.basename(workdir.rstrip('/'))
   (path / 'tradeoff.png').write_bytes(tradeoff_png(rows, keys, title))

@@ -28,6 +28,7 @@ from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import parallel
 from mobilenet_jax import pretrained
+from mobilenet_jax import provenance
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import writers
 from mobilenet_jax import xla_options
@@ -230,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                            abstract_state.params, fresh_names)
   # Only now, with the config checked and the state restored or created.
   checkpoint.save_config(config, workdir)
+  provenance.record(workdir)
 
   step_fn = jit_train_step(config, model, abstract_state.params, mesh)
 
