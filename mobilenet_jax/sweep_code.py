@@ -187,47 +187,50 @@ def read_manifest(root: str) -> dict | None:
 
 
 def home_path(path: str) -> str:
-  """Shell text for a worker path: '~/a b' -> ~/'a b' (the shell expands the
-  ~), a relative path is taken relative to the home directory, an absolute
-  one is quoted as it is."""
-  if path.startswith('/'):
-    return shlex.quote(path)
-  path = path[2:] if path.startswith('~/') else path
-  return '~/' + shlex.quote(path)
+  """'~/a b' as shell text that the shell expands: ~/'a b'."""
+  return '~/' + shlex.quote(path.removeprefix('~/'))
 
 
 def _unpack_command(code: CodeRef) -> str:
-  """Shell text that leaves the archive unpacked in CODE_DIR/<hash>: into a
-  temporary directory first, then renamed into place (`mv -T` fails if
-  another process got there first, which is fine)."""
+  """Shell text that leaves the archive unpacked in CODE_DIR/<hash>, with
+  .venv linking to the dependency set's venv: into a temporary directory
+  first, then renamed into place (`mv -T` fails if another process got
+  there first, which is fine)."""
   tree = home_path(f'{CODE_DIR}/{code.code_hash}')
+  venv = home_path(f'{VENV_DIR}/{code.deps_hash[:16]}')
   fetch = ('gcloud storage cp' if code.archive.startswith('gs://') else 'cp')
   return (f'mkdir -p {home_path(CODE_DIR)} && {{ test -d {tree} || {{ '
           f'tmp=$(mktemp -d {home_path(CODE_DIR)}/.unpack.XXXXXX) && '
           f'{fetch} {shlex.quote(code.archive)} "$tmp/code.tar.gz" && '
           'mkdir "$tmp/tree" && tar -xzf "$tmp/code.tar.gz" -C "$tmp/tree" '
-          f'&& {{ mv -T "$tmp/tree" {tree} 2>/dev/null || test -d {tree}; }}; '
+          f'&& ln -s {venv} "$tmp/tree/.venv" && '
+          f'{{ mv -T "$tmp/tree" {tree} 2>/dev/null || test -d {tree}; }}; '
           'status=$?; rm -rf "$tmp"; test $status = 0; }; }')
 
 
 def setup_command(code: CodeRef,
                   remote_python: str | None = None) -> tuple[str, str]:
-  """(shell text, python) for a worker: the text unpacks the shipped tree
-  (once per hash), builds its venv with `worker_setup.sh` (once per
-  dependency set; skipped with `remote_python`), then cds into the tree and
-  exports PYTHONPATH to it; `python` is the interpreter to start there, as
-  shell text (`home_path` of `remote_python`, else the venv's). The caller
-  appends ` && {python} -m ...`."""
-  tree = home_path(f'{CODE_DIR}/{code.code_hash}')
-  steps = [_unpack_command(code)]
+  """(shell text, python) for a worker. The text unpacks the shipped tree
+  (once per hash), cds into it, builds the venv .venv links to with
+  `worker_setup.sh` (once per dependency set) or, with `remote_python`,
+  checks that interpreter is there, and exports PYTHONPATH to the tree.
+  `python` is a path valid from the tree, to quote as any argument:
+  `.venv/bin/python`, or `remote_python` (absolute, or relative to the home
+  directory, as ssh starts there). The caller appends ` && {python} -m
+  ...`."""
+  steps = [_unpack_command(code),
+           f'cd {home_path(f"{CODE_DIR}/{code.code_hash}")}']
   if remote_python is None:
+    python = '.venv/bin/python'
     venv = home_path(f'{VENV_DIR}/{code.deps_hash[:16]}')
-    python = f'{venv}/bin/python'
-    steps.append(f'bash {tree}/{SETUP_SCRIPT} {tree} {venv} '
+    steps.append(f'bash {SETUP_SCRIPT} "$PWD" {venv} '
                  f'{shlex.quote(code.python_spec)}')
   else:
-    python = home_path(remote_python)
-    steps.append(f'{{ test -x {python} || {{ echo "no interpreter {python} '
-                 'on this worker (--remote_python)" >&2; exit 1; }; }')
-  steps.append(f'cd {tree} && export PYTHONPATH="$PWD"')
+    # From the tree, ~/.mobilenet_jax/code/<hash>, home is three levels up.
+    python = os.path.join('../../..', remote_python.removeprefix('~/'))
+    steps.append(f'{{ test -x {shlex.quote(python)} || {{ echo "no '
+                 f'interpreter {remote_python} on this worker '
+                 '(--remote_python, relative to the home directory)" >&2; '
+                 'exit 1; }; }')
+  steps.append('export PYTHONPATH="$PWD"')
   return ' && '.join(steps), python

@@ -4,6 +4,7 @@ HOME, as the fake gcloud pool does)."""
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -214,6 +215,7 @@ def test_two_processes_on_one_worker_set_it_up_once(small_tree, tmp_path):
   vm.mkdir()
   _fake_uv(tmp_path / 'bin', log)
   env = {'PATH': f'{tmp_path / "bin"}:{os.environ["PATH"]}'}
+  assert python == '.venv/bin/python'
   command = f'{prefix} && {python} -c "import os; print(os.getcwd())"'
   workers = [subprocess.Popen(
       ['bash', '-c', command], cwd=vm, stdout=subprocess.PIPE,
@@ -265,10 +267,16 @@ def test_setup_command_fetches_from_gcs_and_checks_remote_python(
                                  'archive': 'gs://b/s/code/h.tar.gz'})
   prefix, python = sweep_code.setup_command(on_gcs, 'venv/bin/python')
   assert 'gcloud storage cp gs://b/s/code/h.tar.gz' in prefix
-  assert python == "~/venv/bin/python"  # relative: to the home directory
+  assert python == '../../../venv/bin/python'  # from the tree to home
   vm = tmp_path / 'vm'
-  vm.mkdir()
+  (vm / 'bin').mkdir(parents=True)
+  os.symlink(sys.executable, vm / 'bin/py')
+  prefix, python = sweep_code.setup_command(code, '~/bin/py')
+  done = _on_worker(vm, f'{prefix} && {shlex.quote(python)} -c '
+                    '"import os; print(os.getcwd())"')
+  assert done.stdout.strip() == str(vm / '.mobilenet_jax/code' /
+                                    code.code_hash)
   prefix, python = sweep_code.setup_command(code, 'no such/python')
   done = _on_worker(vm, f'{prefix} && echo started')
   assert done.returncode == 1 and 'started' not in done.stdout
-  assert "no interpreter ~/'no such/python' on this worker" in done.stderr
+  assert 'no interpreter no such/python on this worker' in done.stderr
