@@ -183,14 +183,16 @@ def test_a_worker_without_repository_runs_the_shipped_code(tmp_path):
 
 
 def _fake_uv(bin_dir, log):
-  """A `uv` that logs its arguments to `log` and, for `venv DIR`, makes
-  DIR/bin/python run this interpreter."""
+  """A `uv` that logs its arguments to `log`, fails `pip` while LOG.fail
+  exists, and for `venv DIR` makes DIR/bin/python run this interpreter."""
   uv = bin_dir / 'uv'
   bin_dir.mkdir(parents=True, exist_ok=True)
   uv.write_text(f"""#!{sys.executable}
 import os, sys, time
 with open({str(log)!r}, 'a') as f:
   f.write(' '.join(sys.argv[1:]) + '\\n')
+if sys.argv[1] == 'pip' and os.path.exists({str(log)!r} + '.fail'):
+  sys.exit('no network')
 if sys.argv[1] == 'venv':
   time.sleep(0.5)  # a slow set-up, so concurrent workers overlap
   os.makedirs(sys.argv[-1] + '/bin')
@@ -280,3 +282,24 @@ def test_setup_command_fetches_from_gcs_and_checks_remote_python(
   done = _on_worker(vm, f'{prefix} && echo started')
   assert done.returncode == 1 and 'started' not in done.stdout
   assert 'no interpreter no such/python on this worker' in done.stderr
+
+
+def test_a_failed_worker_setup_is_redone_next_time(tmp_path):
+  log, venv = tmp_path / 'uv.log', tmp_path / 'home/venv'
+  _fake_uv(tmp_path / 'bin', log)
+  (tmp_path / 'uv.log.fail').touch()
+  setup = ['bash', os.path.join(REPO, sweep_code.SETUP_SCRIPT), '/tree',
+           str(venv), '3.11']
+  env = {**os.environ, 'HOME': str(tmp_path / 'home'),
+         'PATH': f'{tmp_path / "bin"}:{os.environ["PATH"]}'}
+  failed = subprocess.run(setup, env=env, capture_output=True, text=True)
+  assert failed.returncode != 0 and 'no network' in failed.stderr
+  assert not (venv / '.installed').exists()
+  (tmp_path / 'uv.log.fail').unlink()
+  assert subprocess.run(setup, env=env).returncode == 0
+  assert (venv / '.installed').exists()
+  # The partial venv is rebuilt, not trusted.
+  assert [line.split()[0] for line in log.read_text().splitlines()] == [
+      'venv', 'pip', 'venv', 'pip']
+  assert subprocess.run(setup, env=env).returncode == 0  # set up: no-op
+  assert len(log.read_text().splitlines()) == 4
