@@ -1,8 +1,8 @@
 """What a training ran on: WORKDIR/provenance.json, written at start-up.
 
 Fields: the code (`code_hash` as `sweep_code.tree_hash`, full `git_commit`,
-`git_dirty`: from the manifest of a tree a sweep shipped, else from the git
-checkout the code runs from, else null), the versions of the packages whose
+`git_dirty`: from the manifest of a tree a sweep shipped, else from the tree
+the code runs from and its git HEAD, null where there is none), the versions of the packages whose
 changes move results (`PACKAGES`, null when not installed), the devices
 (kind, count, processes), the machine (`vm` and `chips` from the variables a
 sweep's launcher sets, MOBILENET_JAX_VM and MOBILENET_JAX_CHIPS, and the
@@ -52,18 +52,20 @@ def package_versions() -> dict[str, str | None]:
 
 def code_identity(root: str | None = None) -> dict:
   """{'code_hash', 'git_commit', 'git_dirty'} of the tree at `root` (default:
-  the one `mobilenet_jax` runs from): a shipped tree's manifest, a git
-  checkout's files and HEAD, or nulls for neither (an installed package)."""
+  the one `mobilenet_jax` runs from): a shipped tree's manifest, else the
+  files `sweep_code.source_files` would ship and git's HEAD (null without
+  git), else nulls (an installed package)."""
   root = root or sweep_code.source_root()
   manifest = sweep_code.read_manifest(root)
   if manifest is not None:
     return {key: manifest[key]
             for key in ('code_hash', 'git_commit', 'git_dirty')}
-  if not sweep_code.is_git_checkout(root):
+  try:
+    files = sweep_code.source_files(root)
+  except ValueError:
     return {'code_hash': None, 'git_commit': None, 'git_dirty': None}
   commit, dirty = sweep_code.git_state(root)
-  return {'code_hash': sweep_code.tree_hash(root,
-                                            sweep_code.source_files(root)),
+  return {'code_hash': sweep_code.tree_hash(root, files),
           'git_commit': commit, 'git_dirty': dirty}
 
 

@@ -5,7 +5,9 @@ worker runs to set itself up from it, once per hash.
 What is shipped: the files `git ls-files --cached --others
 --exclude-standard` lists (tracked files, read from disk with their
 uncommitted changes, plus untracked files .gitignore does not exclude),
-never runs/, workdirs/, venvs or caches even where .gitignore misses them.
+never runs/, workdirs/, venvs or caches even where .gitignore misses them
+(a project tree without git: every file but those, .git, build/ and
+*.egg-info; the commit is then null).
 The code hash is the sha256 of the sorted file list with each file's kind
 (mode or symlink) and contents, so the same tree gives the same hash on any
 machine and any changed byte gives another. The archive
@@ -53,8 +55,8 @@ class CodeRef:
   archive: str  # DIR/code/<code_hash>.tar.gz
   deps_hash: str  # sha256 hex of what the worker's venv is built from
   python_spec: str  # pyproject's requires-python, e.g. '>=3.11,<3.12'
-  git_commit: str  # full hash of HEAD
-  git_dirty: bool  # uncommitted changes or untracked files were shipped
+  git_commit: str | None  # full hash of HEAD; None without git
+  git_dirty: bool | None  # uncommitted changes or untracked files shipped
 
 
 def source_root() -> str:
@@ -84,12 +86,23 @@ def _shipped(path: str) -> bool:
 
 def source_files(root: str) -> list[str]:
   """The sorted paths, relative to `root`, that a sweep ships (module
-  docstring); tracked files deleted from disk are left out."""
-  if not is_git_checkout(root):
-    raise ValueError(f'{root} is not the top of a git checkout: sweep run '
-                     'ships the git tree it runs from')
-  listed = _git(root, 'ls-files', '-z', '--cached', '--others',
-                '--exclude-standard').split('\0')
+  docstring); tracked files deleted from disk are left out. A project tree
+  without git (a pyproject.toml, no .git) ships every file but .git,
+  build/, *.egg-info and what is never shipped; anything else is a
+  ValueError."""
+  if is_git_checkout(root):
+    listed = _git(root, 'ls-files', '-z', '--cached', '--others',
+                  '--exclude-standard').split('\0')
+  elif os.path.isfile(os.path.join(root, 'pyproject.toml')):
+    listed = []
+    for folder, subfolders, names in os.walk(root):
+      subfolders[:] = [name for name in subfolders if name not in (
+          '.git', 'build') and not name.endswith('.egg-info')]
+      listed += [os.path.relpath(os.path.join(folder, name), root)
+                 for name in names]
+  else:
+    raise ValueError(f'{root} is neither a git checkout nor a project tree '
+                     '(pyproject.toml): sweep run ships the tree it runs from')
   return sorted({path for path in listed if path and _shipped(path) and
                  os.path.lexists(os.path.join(root, path))})
 
@@ -115,8 +128,11 @@ def tree_hash(root: str, files: list[str]) -> str:
   return digest.hexdigest()
 
 
-def git_state(root: str) -> tuple[str, bool]:
-  """(full commit hash of HEAD, whether the shipped tree differs from it)."""
+def git_state(root: str) -> tuple[str | None, bool | None]:
+  """(full commit hash of HEAD, whether the shipped tree differs from it);
+  (None, None) outside a git checkout."""
+  if not is_git_checkout(root):
+    return None, None
   commit = _git(root, 'rev-parse', 'HEAD').strip()
   dirty = bool(_git(root, 'status', '--porcelain', '--untracked-files=all')
                .strip())
@@ -150,7 +166,7 @@ def pack(sweep_dir: str, root: str | None = None) -> CodeRef:
   """Packs the source tree at `root` (default: `source_root()`) into
   SWEEP_DIR/code/<hash>.tar.gz, unless that archive exists already (same
   hash, same files; its manifest keeps the commit it was first packed
-  from). A `root` that is not a git checkout is a ValueError."""
+  from). A `root` that is no project tree is a ValueError."""
   root = root or source_root()
   files = source_files(root)
   for needed in ('pyproject.toml', 'requirements.lock', SETUP_SCRIPT):

@@ -125,10 +125,20 @@ def test_code_hash_follows_the_contents_alone(small_tree, tmp_path):
                          str(small_tree)).deps_hash != first.deps_hash
 
 
-def test_pack_outside_a_git_checkout_is_an_error(tmp_path):
-  (tmp_path / 'src').mkdir()
-  with pytest.raises(ValueError, match='not the top of a git checkout'):
-    sweep_code.pack(str(tmp_path / 'sweep'), str(tmp_path / 'src'))
+def test_pack_without_git(small_tree, tmp_path):
+  """A project tree without .git ships every file but outputs, venvs and
+  caches, with the hash the same files have in a checkout; a folder that
+  is no project tree is an error."""
+  (small_tree / 'ignored.txt').unlink()
+  in_git = sweep_code.pack(str(tmp_path / 'a'), str(small_tree))
+  shutil.rmtree(small_tree / '.git')
+  no_git = sweep_code.pack(str(tmp_path / 'b'), str(small_tree))
+  assert no_git.code_hash == in_git.code_hash
+  assert (no_git.git_commit, no_git.git_dirty) == (None, None)
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='neither a git checkout nor a '
+                     'project tree'):
+    sweep_code.pack(str(tmp_path / 'sweep'), str(tmp_path / 'empty'))
 
 
 def _on_worker(home, command, env=None, timeout=120):
