@@ -126,6 +126,9 @@ def plan_startup(machine: Machine, coordinator_address: str | None = None,
     of n > 1 hosts (or --num_processes=n) expects n processes. Skipped on a
     single host where JAX can detect nothing (TPU_SKIP_MDS_QUERY set, no
     worker list).
+  - TPU_PROCESS_BOUNDS=1,1,1 (the runtime told this process it is the only
+    one of its topology: a chip group of `sweep_pool`): nothing to start,
+    so packed processes never race for one coordinator port.
   - Elsewhere: a worker list of n > 1 hosts still initializes (JAX's
     detection decides; n processes expected); --num_processes or
     --process_id without --coordinator_address is a ValueError; else a
@@ -142,6 +145,9 @@ def plan_startup(machine: Machine, coordinator_address: str | None = None,
         gloo=True, expected_processes=num_processes)
   given = {k: v for k, v in (('num_processes', num_processes),
                              ('process_id', process_id)) if v is not None}
+  if machine.env.get('TPU_PROCESS_BOUNDS') == '1,1,1' and not given:
+    return Startup(initialize=False, reason='one process on its own chips '
+                   '(TPU_PROCESS_BOUNDS=1,1,1: a sweep pool\'s chip group)')
   list_name, hosts = _worker_list(machine.env)
   expected = max(len(hosts), num_processes or 0)
   expected = expected if expected > 1 else None
