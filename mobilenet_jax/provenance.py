@@ -2,11 +2,12 @@
 
 Fields: the code (`code_hash` as `sweep_code.tree_hash`, full `git_commit`,
 `git_dirty`: from the manifest of a tree a sweep shipped, else from the tree
-the code runs from and its git HEAD, null where there is none), the versions of the packages whose
-changes move results (`PACKAGES`, null when not installed), the devices
-(kind, count, processes), the machine (`vm` and `chips` from the variables a
-sweep's launcher sets, MOBILENET_JAX_VM and MOBILENET_JAX_CHIPS, and the
-host name), the Python version and the start time. A resumed run keeps the
+the code runs from and its git HEAD, null where there is none; `source`, the
+folder it runs from), the versions of the packages whose changes move
+results (`PACKAGES`, null when not installed), the devices (kind, count,
+processes), the machine (`vm` and `chips` from the variables a sweep's
+launcher sets, MOBILENET_JAX_VM and MOBILENET_JAX_CHIPS, and the host name),
+the Python version and the start time. A resumed run keeps the
 records of its earlier starts under `earlier_starts`, oldest first.
 """
 
@@ -74,6 +75,7 @@ def collect() -> dict:
   devices = jax.devices()
   return {
       **code_identity(),
+      'source': sweep_code.source_root(),
       'packages': package_versions(),
       'device_kind': devices[0].device_kind,
       'device_count': len(devices),

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import REPO
 from mobilenet_jax import sweep_code
+# fake_cloud: the fake gcloud pool's fixture.
+from test_sweep_pool import fake_cloud, sweep_command, write_sweep
 
 
 def _git(root, *args):
@@ -187,6 +189,7 @@ def test_a_worker_without_repository_runs_the_shipped_code(tmp_path):
     assert record['git_commit'] == _git(source, 'rev-parse', 'HEAD')
     assert record['git_dirty'] is True
     assert (record['vm'], record['chips']) == ('vm0', '2,3')
+    assert record['source'] == str(tree)
     reported.append(record['code_hash'])
   assert reported[0] != reported[1]  # the change made other code
   assert sorted(os.listdir(vm / '.mobilenet_jax/code')) == sorted(reported)
@@ -313,3 +316,35 @@ def test_a_failed_worker_setup_is_redone_next_time(tmp_path):
       'venv', 'pip', 'venv', 'pip']
   assert subprocess.run(setup, env=env).returncode == 0  # set up: no-op
   assert len(log.read_text().splitlines()) == 4
+
+
+@pytest.mark.slow  # about 60-90 s here: one tiny training on a fake VM
+@pytest.mark.multiprocess
+def test_a_pool_sweep_trains_the_tree_it_was_launched_from(tmp_path, data_dir,
+                                                           fake_cloud):
+  """`sweep run` from a changed copy of the project, on a fake VM with no
+  repository and this venv's interpreter (--remote_python): the training
+  runs the copy's shipped tree and records its hash and commit."""
+  root, env, add_vm = fake_cloud
+  add_vm('vm0', 'v5litepod-1')
+  source = _project_copy(tmp_path)
+  init = source / 'mobilenet_jax/__init__.py'
+  init.write_text(init.read_text() + '# a change only this copy has\n')
+  workdir = tmp_path / 'sweep'
+  sweep_file = write_sweep(tmp_path, 'h.sweep("seed", [0])')
+  done = subprocess.run(
+      sweep_command(sweep_file, workdir, data_dir, '--tpu=vm0',
+                    '--config.num_train_steps=2'),
+      cwd=source, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout + done.stderr
+  (archive,) = os.listdir(workdir / 'code')
+  code_hash = archive.removesuffix('.tar.gz')
+  record = json.loads((workdir / 'seed_0/provenance.json').read_text())
+  assert record['code_hash'] == code_hash
+  assert record['code_hash'] != sweep_code.tree_hash(
+      REPO, sweep_code.source_files(REPO))
+  assert record['git_commit'] == _git(source, 'rev-parse', 'HEAD')
+  assert record['git_dirty'] is True
+  assert record['vm'] == 'vm0'
+  assert record['source'] == os.path.join(root, 'vm0/home/.mobilenet_jax/code',
+                                          code_hash)
