@@ -176,6 +176,8 @@ def pack(sweep_dir: str, root: str | None = None) -> CodeRef:
                        'itself up from it')
   code_hash = tree_hash(root, files)
   commit, dirty = git_state(root)
+  if '://' not in sweep_dir:  # workers start elsewhere: a local path whole
+    sweep_dir = os.path.abspath(sweep_dir)
   archive = epath.Path(sweep_dir) / 'code' / f'{code_hash}.tar.gz'
   if not archive.exists():
     manifest = {'code_hash': code_hash, 'git_commit': commit,

@@ -72,8 +72,8 @@ def _archive_members(archive):
     return {m.name: (m, tar.extractfile(m).read()) for m in tar.getmembers()}
 
 
-def test_pack_ships_the_tree_with_its_changes_and_nothing_else(small_tree,
-                                                               tmp_path):
+def test_pack_ships_the_tree_with_its_changes_and_nothing_else(
+    small_tree, tmp_path, monkeypatch):
   (small_tree / 'mobilenet_jax/__init__.py').write_text('CHANGED = 1\n')
   code = sweep_code.pack(str(tmp_path / 'sweep'), str(small_tree))
   assert code.archive == str(tmp_path / 'sweep/code' /
@@ -94,6 +94,8 @@ def test_pack_ships_the_tree_with_its_changes_and_nothing_else(small_tree,
                       'git_dirty': True, 'files': shipped}
   assert len(code.git_commit) == 40 and code.git_dirty
   assert code.python_spec == '>=3.11,<3.12'
+  monkeypatch.chdir(tmp_path)  # a relative sweep directory: named whole
+  assert sweep_code.pack('sweep', str(small_tree)).archive == code.archive
 
 
 def test_code_hash_follows_the_contents_alone(small_tree, tmp_path):
