@@ -206,21 +206,34 @@ def stop_command(remote: Remote, run_dir: str) -> str:
           f'{shlex.join([remote.python, "-m", "mobilenet_jax.sweep_pool", "stop", run_dir])}')
 
 
-def run_pids(run_dir: str, proc: str = '/proc') -> list[int]:
-  """This machine's processes of `run_dir`: its training and its worker."""
-  pids = set(sweep_runs.training_pids(run_dir, proc))
+def _processes(proc: str = '/proc') -> list[tuple[int, list[str]]]:
+  """(pid, argv) of this machine's other processes."""
+  found = []
   for entry in os.listdir(proc) if os.path.isdir(proc) else []:
     if not entry.isdigit() or int(entry) == os.getpid():
       continue
     try:
       with open(os.path.join(proc, entry, 'cmdline'), 'rb') as f:
-        argv = f.read().decode(errors='replace').split('\0')
+        found.append((int(entry),
+                      f.read().decode(errors='replace').split('\0')))
     except OSError:
       continue
-    if 'mobilenet_jax.sweep_pool' in argv and argv[argv.index(
-        'mobilenet_jax.sweep_pool') + 1:][:2] == ['worker', run_dir]:
-      pids.add(int(entry))
-  return sorted(pids)
+  return found
+
+
+def training_pids(run_dir: str, proc: str = '/proc') -> list[int]:
+  """This machine's trainings into `run_dir` (`mobilenet_jax.main ...
+  --workdir=RUN_DIR`)."""
+  return [pid for pid, argv in _processes(proc)
+          if 'mobilenet_jax.main' in argv and f'--workdir={run_dir}' in argv]
+
+
+def run_pids(run_dir: str, proc: str = '/proc') -> list[int]:
+  """This machine's processes of `run_dir`: its trainings and workers."""
+  module = 'mobilenet_jax.sweep_pool'
+  workers = [pid for pid, argv in _processes(proc) if module in argv and
+             argv[argv.index(module) + 1:][:2] == ['worker', run_dir]]
+  return sorted(set(training_pids(run_dir, proc)) | set(workers))
 
 
 def heartbeat_path(run_dir: epath.Path, epoch: int,
@@ -249,7 +262,7 @@ def worker(run_dir: str, epoch: int, vm: str, command: Sequence[str],
     print(f'{run_dir}: the lease is not epoch {epoch}; not training',
           flush=True)
     return 0
-  if sweep_runs.training_pids(run_dir):
+  if training_pids(run_dir):
     print(f'{run_dir} is training on {host} already; not starting it twice',
           flush=True)
     return 0
@@ -319,9 +332,8 @@ class Attempt:
   """A running attempt as the pool watches it."""
   slot: Slot
   epoch: int
-  started: float
+  last_change: float  # when its beats last changed (the launcher's clock)
   beats: tuple = ()
-  last_change: float = 0.0
 
 
 class Pool:
@@ -381,10 +393,14 @@ class Pool:
                                           if vm.accelerator_type else ''))
       self.states[name] = vm
       if vm.state == READY and name not in self.slots:
-        shape = vm_shape(vm.accelerator_type)
-        self.slots[name] = [
-            Slot(name, i, chips) for i, chips in enumerate(
-                chip_groups(shape, self.chips_per_run, name))]
+        try:
+          groups = chip_groups(vm_shape(vm.accelerator_type),
+                               self.chips_per_run, name)
+        except ValueError as e:  # a VM that changed since the start
+          self.log(f'{name}: not used: {e}')
+          groups = []
+        self.slots[name] = [Slot(name, i, chips)
+                            for i, chips in enumerate(groups)]
 
   def free_slots(self) -> list[Slot]:
     busy = {(a.slot.vm, a.slot.group) for a in self.running.values()}
@@ -404,8 +420,7 @@ class Pool:
         chips = tuple(lease['chips']) if lease.get('chips') else None
         slot = Slot(lease['vm'], lease.get('group', 0), chips)
         now = self.clock()
-        self.running[name] = Attempt(slot, lease['epoch'], now,
-                                     last_change=now)
+        self.running[name] = Attempt(slot, lease['epoch'], now)
         self.queue.remove(name)
         self.log(f'{name}: running on {slot.vm} before; watching it')
 
@@ -428,7 +443,7 @@ class Pool:
     where = slot.vm + (f' chips {record["chips"]}' if slot.chips else '')
     self.log(f'{name}: starting on {where} (attempt {len(record["attempts"])}'
              ')')
-    self.running[name] = Attempt(slot, epoch, now, last_change=now)
+    self.running[name] = Attempt(slot, epoch, now)
     status, output = self.launch(slot, name, epoch)
     if status != 0:
       self.lose(name, f'ssh to {slot.vm} failed ({status}): '

@@ -331,20 +331,3 @@ def worker_log_path(run_dir: str) -> str:
   ~/mobilenet_jax_logs/<run dir without gs://>/log.txt."""
   path = run_dir.split('://', 1)[-1].strip('/')
   return f'{WORKER_LOG_ROOT}/{path}/{LOG_FILE}'
-
-
-def training_pids(run_dir: str, proc: str = '/proc') -> list[int]:
-  """Other processes on this machine training into `run_dir`
-  (`mobilenet_jax.main ... --workdir=RUN_DIR`)."""
-  pids = []
-  for entry in os.listdir(proc) if os.path.isdir(proc) else []:
-    if not entry.isdigit() or int(entry) == os.getpid():
-      continue
-    try:
-      with open(os.path.join(proc, entry, 'cmdline'), 'rb') as f:
-        argv = f.read().decode(errors='replace').split('\0')
-    except OSError:
-      continue
-    if 'mobilenet_jax.main' in argv and f'--workdir={run_dir}' in argv:
-      pids.append(int(entry))
-  return pids

@@ -14,6 +14,7 @@ executable into a bin folder to put first on PATH, and `make_vm`,
 `set_state`, `preempt`.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,10 +86,8 @@ def preempt(root, name: str) -> list[int]:
   set_state(root, name, 'PREEMPTED')
   pids = vm_pids(root, name)
   for pid in pids:
-    try:
+    with contextlib.suppress(ProcessLookupError):
       os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
   return pids
 
 

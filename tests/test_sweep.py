@@ -304,12 +304,18 @@ def test_a_worker_does_not_start_a_run_it_trains_already(tmp_path):
                           '--config=c.py', '--workdir=gs://b/s/r']),
                     (12, ['python', '-m', 'mobilenet_jax.main',
                           '--workdir=gs://b/s/r2']),
-                    (13, ['vim', '--workdir=gs://b/s/r'])]:
+                    (13, ['vim', '--workdir=gs://b/s/r']),
+                    (14, ['python', '-m', 'mobilenet_jax.sweep_pool',
+                          'worker', 'gs://b/s/r', '--epoch=2', '--', 'x']),
+                    (15, ['python', '-m', 'mobilenet_jax.sweep_pool',
+                          'worker', 'gs://b/s/r2', '--epoch=1'])]:
     (proc / str(pid)).mkdir(parents=True)
     (proc / str(pid) / 'cmdline').write_bytes('\0'.join(argv).encode() + b'\0')
   (proc / 'self').mkdir()
-  assert sweep_runs.training_pids('gs://b/s/r', proc=str(proc)) == [11]
-  assert sweep_runs.training_pids('gs://b/s/r3', proc=str(proc)) == []
+  assert sweep_pool.training_pids('gs://b/s/r', proc=str(proc)) == [11]
+  assert sweep_pool.training_pids('gs://b/s/r3', proc=str(proc)) == []
+  # What `sweep_pool stop` kills: the run's trainings and workers.
+  assert sweep_pool.run_pids('gs://b/s/r', proc=str(proc)) == [11, 14]
 
 
 def test_format_command_quotes_for_the_shell():

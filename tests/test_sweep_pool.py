@@ -184,9 +184,11 @@ def make_pool(tmp_path, cloud, names, **kwargs):
 
 
 def test_the_queue_fills_every_free_slot_and_refills_as_runs_end(tmp_path):
-  cloud = FakeCloud({'a': ('READY', 'v5litepod-4'), 'b': ('READY', 'v4-8')})
+  cloud = FakeCloud({'a': ('READY', 'v5litepod-4'), 'b': ('READY', 'v4-8'),
+                     'c': ('READY', 'v5litepod-1')})
   pool, _, records = make_pool(tmp_path, cloud, ['r0', 'r1', 'r2', 'r3', 'r4',
                                                  'r5'], chips_per_run=2)
+  assert pool.slots['c'] == []  # 1 chip: no group of 2, never used
   pool.step()  # 2 groups of 2 chips on each VM
   assert cloud.launches == [('r0', 'a', (0, 1), 1), ('r1', 'a', (2, 3), 1),
                             ('r2', 'b', (0, 1), 1), ('r3', 'b', (2, 3), 1)]
