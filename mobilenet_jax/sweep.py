@@ -2,32 +2,32 @@ r"""Sweeps: expand a sweep file into runs, launch them, summarize the results.
 
   python -m mobilenet_jax.sweep run --config=configs/default.py \
       --sweep=configs/sweeps/v1_width_resolution.py --workdir=runs/v1_grid \
-      [--launcher=local|tpu_vm] [--tpu=NAME --zone=ZONE] [--dry_run] \
-      [--data_dir=DIR] [--tpu=A,B --chips_per_run=K --runs=... --shard=i/n] \
+      [--launcher=local|tpu_vm --tpu=A,B --zone=ZONE] [--chips_per_run=K] \
+      [--runs=NAME,...|0,3] [--shard=i/n] [--data_dir=DIR] [--dry_run] \
       [--export=none|float|int8|float,int8] [--config.num_train_steps=300 ...]
   python -m mobilenet_jax.sweep status runs/v1_grid
   python -m mobilenet_jax.sweep summarize runs/v1_grid
   python -m mobilenet_jax.sweep export runs/v1_grid --export=int8
 
 A sweep file defines `get_sweep(h)` (h is `mobilenet_jax.hyper`) returning a
-list of override dicts, and may set `TPU = ...` and `ZONE = ...` defaults for
-the tpu_vm launcher. `--config.KEY=VALUE` flags apply to every run. Each run
-trains with `python -m mobilenet_jax.main` in its own workdir DIR/<run>
+list of override dicts, and may set `TPUS = [...]` and `ZONE = ...` defaults
+for the tpu_vm launcher. `--config.KEY=VALUE` flags apply to every run. Each
+run trains with `python -m mobilenet_jax.main` in its own workdir DIR/<run>
 (`sweep_runs` names it and lists the files it holds besides training's).
 
 Re-running the same command skips finished runs (those with the final
 eval/step_<N>.json) and resumes the others from their checkpoints; a failed
 run does not stop the others, and the exit status is 1 if any failed.
 
-tpu_vm: each run is one `gcloud compute tpus tpu-vm ssh --worker=all`
-whose command (`remote_command`) starts training detached on every worker
-(nohup setsid, output on the worker's disk under ~/mobilenet_jax_logs/,
-copied into the run directory as log.<host>.txt when it ends) with the
-repository's .venv interpreter; the sweep then watches the gs:// run
-directory until the run finishes or a worker records its failure, and
-launches the next. An SSH drop or the end of this command does not stop a
-run; re-running the command waits for a run still training (a worker never
-starts a run twice) and resumes the others.
+tpu_vm: a pool of TPU VMs (`--tpu=a,b,c` or TPUS in the sweep file): a
+queue hands each run to the next free VM, or with `--chips_per_run=K` the
+next free group of K chips, and the run trains there detached on every
+worker from the code this command ships (`sweep_code`); a preempted or
+silent run resumes elsewhere from its checkpoints (`sweep_pool`, and
+docs/design.md for the protocol). `--runs` and `--shard` launch a subset.
+Stopping this command stops no run; running it again watches the runs
+still training and launches the rest. A user's mistake exits with status 2
+and one line.
 
 `--export` exports each finished run to LiteRT, evaluates and times the
 export (`export_run`); `status` prints every run's state from the directory
@@ -371,6 +371,11 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
       raise ValueError(f'{key} is set by the sweep; drop --config.{key} from '
                        'the command line')
   selected = range(len(runs)) if selected is None else selected
+  if launcher == 'tpu_vm' and not dry_run and shutil.which('gcloud') is None:
+    raise ValueError('launcher tpu_vm needs the gcloud CLI on PATH')
+  if launcher == 'tpu_vm' and chips_per_run:
+    _check_chips_per_run(chips_per_run, [runs[i] for i in selected], config,
+                         [] if dry_run else tpus, zone)
   shipped = (ship(workdir, remote_python, dry_run) if launcher == 'tpu_vm'
              else None)
   run_dirs = {names[i]: f"{workdir.rstrip('/')}/{names[i]}" for i in selected}
@@ -383,8 +388,6 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
     for name in commands:
       print(format_command(commands[name]), flush=True)
     return dict.fromkeys(commands, 'pending')
-  if launcher == 'tpu_vm' and shutil.which('gcloud') is None:
-    raise ValueError('launcher tpu_vm needs the gcloud CLI on PATH')
 
   records = {names[i]: _prepare(i, names[i], runs[i], config, config_arg,
                                 config_overrides,
@@ -412,6 +415,25 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
         f'; summary: python -m mobilenet_jax.sweep summarize {workdir}',
         flush=True)
   return statuses
+
+
+def _check_chips_per_run(chips_per_run: int, runs: Sequence[hyper.Run],
+                         config: ml_collections.ConfigDict,
+                         tpus: Sequence[str], zone: str) -> None:
+  """A ValueError, before anything is written, when `chips_per_run` does
+  not divide the chips of a VM of `tpus` that describes itself now (a VM
+  down now is checked once it is READY) or a run's global batch_size."""
+  gcloud = sweep_pool.Gcloud(zone)
+  for name in tpus:
+    vm = gcloud.describe(name)
+    if vm.accelerator_type:
+      sweep_pool.chip_groups(sweep_pool.vm_shape(vm.accelerator_type),
+                             chips_per_run, name)
+  for run in runs:
+    batch_size = run.get('batch_size', config.batch_size)
+    if batch_size % chips_per_run:
+      raise ValueError(f'--chips_per_run={chips_per_run} does not divide the '
+                       f'global batch_size {batch_size} of run {run}')
 
 
 def _run_locally(records: dict[str, dict], commands: dict[str, list[str]],
@@ -448,20 +470,10 @@ def _run_pool(records: dict[str, dict], runs: Sequence[hyper.Run],
   """Trains the runs on the pool of TPU VMs `tpus` (`sweep_pool.Pool`)."""
   gcloud = sweep_pool.Gcloud(zone)
   for name, record in records.items():
-    config = record['config']
-    if record['error'] is None and chips_per_run and (
-        config['batch_size'] % chips_per_run):
-      raise ValueError(f'--chips_per_run={chips_per_run} does not divide the '
-                       f'global batch_size {config["batch_size"]} of {name}')
     if record['error'] is not None:  # its overrides did not apply
       record['status'] = 'failed'
       sweep_runs.write_json(epath.Path(workdir) / name / sweep_runs.RUN_FILE,
                             record)
-  for name in tpus:  # refuse a chip group that does not fit, before starting
-    vm = gcloud.describe(name)
-    if vm.accelerator_type:
-      sweep_pool.chip_groups(sweep_pool.vm_shape(vm.accelerator_type),
-                             chips_per_run, name)
   train = {names[i]: train_command(shipped.python, config_arg,
                                    f"{workdir.rstrip('/')}/{names[i]}",
                                    [*config_overrides, *override_flags(run)])
@@ -757,6 +769,12 @@ def print_status(workdir: str) -> list[sweep_runs.RunState]:
   return states
 
 
+def _user_error(error: ValueError):
+  """A user's mistake: one line on stderr, exit status 2."""
+  sys.stderr.write(f'error: {error}\n')
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) < 2 or argv[1] not in ('run', 'summarize', 'status', 'export'):
     raise app.UsageError(_USAGE)
@@ -778,7 +796,7 @@ def main(argv):
             if state.status == 'finished':
               export_run(os.fspath(path / state.name), kinds)
     except ValueError as e:
-      sys.exit(f'error: {e}')
+      _user_error(e)
     return
   if argv[1] == 'summarize':
     if len(argv) != 3:
@@ -786,7 +804,7 @@ def main(argv):
     try:
       sweep_summary.summarize(argv[2])
     except ValueError as e:
-      sys.exit(f'error: {e}')
+      _user_error(e)
     print((epath.Path(argv[2]) / 'results.md').read_text(), end='')
     return
   if len(argv) != 2:
@@ -797,7 +815,7 @@ def main(argv):
     sweep = load_sweep(flags.FLAGS.sweep)
     statuses = run_from_flags(sweep.runs, tpus=sweep.tpus, zone=sweep.zone)
   except ValueError as e:
-    sys.exit(f'error: {e}')
+    _user_error(e)
   if {'failed', 'export failed'} & set(statuses.values()):
     sys.exit(1)
 

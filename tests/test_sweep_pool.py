@@ -466,7 +466,9 @@ def test_two_vms_train_five_runs_at_once_with_packed_chips(
     provenance = json.loads((workdir / name / 'provenance.json').read_text())
     assert (provenance['vm'], provenance['chips']) == (
         envs[name]['vm'], envs[name]['env']['TPU_VISIBLE_CHIPS'])
-    assert provenance['code_hash']
+    (archive,) = (workdir / 'code').iterdir()  # one shipped tree
+    assert archive.name == f'{provenance["code_hash"]}.tar.gz'
+    assert len(provenance['git_commit']) == 40
   lines = subprocess.run([sys.executable, '-m', 'mobilenet_jax.sweep',
                           'status', str(workdir)], cwd=REPO,
                          capture_output=True, text=True).stdout.splitlines()
@@ -514,8 +516,34 @@ def test_a_preempted_run_resumes_on_the_other_vm_as_if_never_stopped(
   steps = [r['step'] for r in sweep_runs.metrics_records(preempted)
            if r.get('split') == 'train']
   assert saved >= 10 and steps.count(5) == 1 and steps.count(40) == 1
+  provenance = json.loads((preempted / 'provenance.json').read_text())
+  assert provenance['vm'] == 'vm-b'
+  assert [s['vm'] for s in provenance['earlier_starts']] == ['vm-a']
   final = json.loads((preempted / 'eval' / 'step_40.json').read_text())
   straight = json.loads((workdir / 'checkpoint_every_steps_8' / 'eval' /
                          'step_40.json').read_text())
   assert final['top1'] == straight['top1']
   assert final['loss'] == pytest.approx(straight['loss'], rel=1e-5)
+
+
+@pytest.mark.multiprocess
+def test_a_chip_group_that_does_not_fit_is_refused_in_one_line(
+    tmp_path, fake_cloud):
+  _, env, add_vm = fake_cloud
+  add_vm('vm-a', 'v5litepod-4')
+  workdir = tmp_path / 'sweep'
+  sweep_file = write_sweep(tmp_path, 'h.sweep("batch_size", [8, 6])')
+  def run(*flags):
+    return subprocess.run(
+        [sys.executable, '-m', 'mobilenet_jax.sweep', 'run',
+         '--config=configs/default.py', f'--sweep={sweep_file}',
+         f'--workdir={workdir}', '--data_dir=/no/data', '--launcher=tpu_vm',
+         '--zone=z', '--tpu=vm-a', '--allow_local_workdir', *flags],
+        cwd=REPO, env=env, capture_output=True, text=True)
+  for k, message in (('3', 'does not divide the 4 chips of vm-a'),
+                     ('4', 'does not divide the global batch_size 6')):
+    result = run(f'--chips_per_run={k}')
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith('error: --chips_per_run=') and message in line
+    assert not workdir.exists()  # nothing written, nothing launched
