@@ -393,9 +393,9 @@ class Pool:
                                           if vm.accelerator_type else ''))
       self.states[name] = vm
       if vm.state == READY and name not in self.slots:
-        try:
-          groups = chip_groups(vm_shape(vm.accelerator_type),
-                               self.chips_per_run, name)
+        try:  # without chip groups any VM is one slot, whatever its type
+          groups = ([None] if self.chips_per_run is None else chip_groups(
+              vm_shape(vm.accelerator_type or ''), self.chips_per_run, name))
         except ValueError as e:  # a VM that changed since the start
           self.log(f'{name}: not used: {e}')
           groups = []
@@ -431,8 +431,13 @@ class Pool:
         epoch=epoch, vm=slot.vm, group=slot.group,
         chips=list(slot.chips) if slot.chips else None, granted=self.clock()))
     now = self.clock()
-    chip_count = (len(slot.chips) if slot.chips else vm_shape(
-        self.states[slot.vm].accelerator_type).chips)
+    if slot.chips:
+      chip_count = len(slot.chips)
+    else:  # the whole VM: 0 (no chip-hours) for a type we do not know
+      try:
+        chip_count = vm_shape(self.states[slot.vm].accelerator_type or '').chips
+      except ValueError:
+        chip_count = 0
     record.update(status='running', vm=slot.vm,
                   chips=list(slot.chips) if slot.chips else None, epoch=epoch,
                   error=None)

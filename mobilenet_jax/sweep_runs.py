@@ -160,6 +160,7 @@ class RunState:
   worker_log: str | None = None
   vm: str | None = None
   chips: list[int] | None = None
+  chip_count: int | None = None
   elapsed: float | None = None
   chip_hours: float | None = None
 
@@ -257,6 +258,7 @@ def _add_pool_time(state: RunState, record: dict, now: float) -> None:
   if not attempts:
     return
   state.elapsed = state.chip_hours = 0.0
+  state.chip_count = attempts[-1].get('chip_count')
   for attempt in attempts:
     seconds = max(0.0, (attempt.get('end') or now) - attempt['start'])
     state.elapsed += seconds
@@ -289,8 +291,10 @@ def _ago(seconds: float) -> str:
 def _where(state: RunState) -> str:
   if not state.vm:
     return ''
-  chips = (f' chips {",".join(map(str, state.chips))}' if state.chips
-           else '')
+  if state.chips:
+    chips = f' chips {",".join(map(str, state.chips))}'
+  else:
+    chips = f' ({state.chip_count} chips)' if state.chip_count else ''
   return f' on {state.vm}{chips}'
 
 

@@ -261,6 +261,15 @@ def test_a_silent_run_is_killed_and_moved_and_retries_are_bounded(tmp_path):
   assert len(cloud.launches) == 2
 
 
+def test_without_chip_groups_a_vm_of_any_type_is_one_slot(tmp_path):
+  cloud = FakeCloud({'a': ('READY', None), 'b': ('READY', 'v7x-99')})
+  pool, _, records = make_pool(tmp_path, cloud, ['r0', 'r1'])
+  pool.step()
+  assert [launch[:3] for launch in cloud.launches] == [('r0', 'a', None),
+                                                       ('r1', 'b', None)]
+  assert records['r0']['attempts'][0]['chip_count'] == 0  # chips unknown
+
+
 def test_a_run_that_fails_by_itself_is_not_retried(tmp_path):
   cloud = FakeCloud({'a': ('READY', 'v6e-1')})
   pool, _, records = make_pool(tmp_path, cloud, ['r0', 'r1'])
@@ -294,6 +303,29 @@ def test_a_new_launcher_watches_the_runs_of_the_old_one(tmp_path):
   finish(tmp_path, 'r0')
   pool.step()
   assert again.launches == [('r2', 'a', None, 1)]
+
+
+def test_status_shows_where_a_pool_run_trained_its_time_and_chip_hours(
+    tmp_path, capsys):
+  """Elapsed time and chip-hours add up the attempts: a lost one of 15 min
+  on a whole 4-chip VM, a finished one of 30 min on 2 chips: 45 min and
+  4 * 0.25 + 2 * 0.5 = 2 chip-hours."""
+  run_dir = tmp_path / 'r'
+  finish(tmp_path, 'r', steps=100)
+  (run_dir / 'eval' / 'step_50.json').write_text(json.dumps({'top1': 0.25}))
+  (run_dir / 'eval' / 'step_100.json').write_text(json.dumps({'top1': 0.875}))
+  sweep_runs.write_json(run_dir / 'run.json', dict(
+      index=0, name='r', status='finished', vm='vm-b', chips=[2, 3],
+      attempts=[dict(epoch=1, vm='vm-a', chips=None, chip_count=4,
+                     start=0.0, end=900.0, outcome='lost'),
+                dict(epoch=2, vm='vm-b', chips=[2, 3], chip_count=2,
+                     start=1000.0, end=2800.0, outcome='finished')]))
+  sweep.print_status(str(tmp_path))
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == ['r: finished on vm-b chips 2,3, top-1 87.5%; 45 min, '
+                   '2.00 chip-h',
+                   '1 runs: 1 finished, 0 running, 0 failed, 0 not started; '
+                   '2.00 chip-hours']
 
 
 # The worker.
