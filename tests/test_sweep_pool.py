@@ -92,6 +92,7 @@ def test_runs_and_shards_select_exactly_the_named_runs():
       sweep.select_runs(names, runs, shard)
 
 
+@pytest.mark.multiprocess
 def test_dry_run_of_a_subset_prints_only_its_runs(tmp_path):
   sweep_file = tmp_path / 'sweep.py'
   sweep_file.write_text('TPUS = ["vm-a", "vm-b"]\nZONE = "z"\n\n'
@@ -331,6 +332,7 @@ def test_status_shows_where_a_pool_run_trained_its_time_and_chip_hours(
 # The worker.
 
 
+@pytest.mark.multiprocess
 def test_the_worker_trains_only_under_its_lease_and_records_the_end(tmp_path):
   run_dir = tmp_path / 'run'
   sweep_runs.write_json(run_dir / sweep_pool.LEASE_FILE, {'epoch': 2})
@@ -353,6 +355,7 @@ def test_the_worker_trains_only_under_its_lease_and_records_the_end(tmp_path):
   assert record['env'] == sweep_pool.pinned_env([2, 3], 1)
 
 
+@pytest.mark.multiprocess
 def test_the_worker_kills_its_training_when_the_lease_moves_on(tmp_path):
   run_dir = tmp_path / 'run'
   sweep_runs.write_json(run_dir / sweep_pool.LEASE_FILE, {'epoch': 1})
