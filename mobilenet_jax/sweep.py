@@ -497,7 +497,13 @@ def _run_pool(records: dict[str, dict], runs: Sequence[hyper.Run],
                          chips_per_run=chips_per_run, retries=retries,
                          heartbeat_seconds=heartbeat_seconds,
                          poll_seconds=poll_seconds)
-  return pool.run()
+  try:
+    return pool.run()
+  except KeyboardInterrupt:
+    print(f'\nstopped watching; the runs started go on (sweep status '
+          f'{workdir}); the same command watches them again and launches the '
+          'rest', flush=True)
+    sys.exit(130)
 
 
 def _prepare(index: int, name: str, run: hyper.Run,

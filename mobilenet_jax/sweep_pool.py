@@ -184,19 +184,22 @@ class Remote:
 def worker_command(remote: Remote, run_dir: str, epoch: int, vm: str,
                    chips: Sequence[int] | None, group: int,
                    beat_seconds: float, train: Sequence[str]) -> str:
-  """Shell text each worker of `vm` runs for one attempt: `remote.prefix`,
-  then the `worker` of this module started detached (nohup setsid, stdin
-  from /dev/null, output appended to `sweep_runs.worker_log_path` on the
-  worker's disk), so ssh returns at once and a dropped connection stops
-  nothing."""
+  """Shell text each worker of `vm` runs for one attempt: in the
+  background, detached (nohup setsid, stdin from /dev/null, output appended
+  to `sweep_runs.worker_log_path` on the worker's disk), the set-up
+  `remote.prefix` (the first time on a VM it builds a venv: minutes) and
+  then the `worker` of this module; so ssh returns at once and a dropped
+  connection stops nothing. The worker's first heartbeat comes after the
+  set-up (`START_SECONDS`)."""
   log = sweep_runs.worker_log_path(run_dir)
   worker = [remote.python, '-m', 'mobilenet_jax.sweep_pool', 'worker', run_dir,
             f'--epoch={epoch}', f'--vm={vm}', f'--group={group}',
             f'--beat_seconds={beat_seconds:g}']
   if chips is not None:
     worker.append(f'--chips={",".join(map(str, chips))}')
-  return (f'{remote.prefix}mkdir -p {sweep_code.home_path(os.path.dirname(log))}'
-          f' && {{ nohup setsid {shlex.join([*worker, "--", *train])} '
+  detached = f'{remote.prefix}exec {shlex.join([*worker, "--", *train])}'
+  return (f'mkdir -p {sweep_code.home_path(os.path.dirname(log))} && '
+          f'{{ nohup setsid bash -c {shlex.quote(detached)} '
           f'>> {sweep_code.home_path(log)} 2>&1 < /dev/null & }}')
 
 

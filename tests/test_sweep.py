@@ -203,11 +203,12 @@ def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
   assert lines[0] == (
       "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
       "--worker=all --command=" + shlex.quote(
-          setup + " && mkdir -p ~/mobilenet_jax_logs/bucket/sweeps/v2/alpha_0.5"
-          " && { nohup setsid .venv/bin/python -m mobilenet_jax.sweep_pool "
-          "worker gs://bucket/sweeps/v2/alpha_0.5 --epoch=1 --vm=my-tpu "
-          "--group=0 --beat_seconds=150 -- " + train + " >> " + log +
-          " 2>&1 < /dev/null & }"))
+          "mkdir -p ~/mobilenet_jax_logs/bucket/sweeps/v2/alpha_0.5 && "
+          "{ nohup setsid bash -c " + shlex.quote(
+              setup + " && exec .venv/bin/python -m mobilenet_jax.sweep_pool "
+              "worker gs://bucket/sweeps/v2/alpha_0.5 --epoch=1 --vm=my-tpu "
+              "--group=0 --beat_seconds=150 -- " + train) +
+          " >> " + log + " 2>&1 < /dev/null & }"))
   assert not (tmp_path / 'sweeps').exists()  # a dry run writes nothing
   # What the shell (and then the TPU VM's shell) would run.
   argv = shlex.split(lines[1])
@@ -215,12 +216,14 @@ def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
                       '--zone=us-central2-b', '--worker=all']
   assert argv[8].startswith('--command=')
   remote = argv[8][len('--command='):]
-  assert remote.startswith(setup.replace('alpha_0.5', 'alpha_1.0'))
-  detached = shlex.split(remote.rsplit(' && ', 1)[1])
-  assert detached[:3] == ['{', 'nohup', 'setsid']
+  detached = shlex.split(remote.split(' && ', 1)[1])
+  assert detached[:5] == ['{', 'nohup', 'setsid', 'bash', '-c']
   assert detached[-7:] == ['>>', log.replace('alpha_0.5', 'alpha_1.0'), '2>&1',
                            '<', '/dev/null', '&', '}']
-  command = detached[detached.index('--') + 1:detached.index('>>')]
+  set_up, worker = detached[5].rsplit(' && exec ', 1)
+  assert set_up == setup  # the same shipped code for every run
+  worker = shlex.split(worker)
+  command = worker[worker.index('--') + 1:]
   assert command == [
       '.venv/bin/python', '-m', 'mobilenet_jax.main',
       '--config=configs/imagenet_mobilenet_v2.py:rho=0.857',
@@ -251,7 +254,7 @@ def test_tpu_vm_commands_take_the_remote_python_and_need_a_data_dir(tmp_path):
                                  tpu='t', zone='z', shipped=shipped)
   remote = command[-1][len('--command='):]
   assert 'test -x /opt/venv/bin/python' in remote
-  assert ('setsid /opt/venv/bin/python -m mobilenet_jax.sweep_pool worker '
+  assert ('exec /opt/venv/bin/python -m mobilenet_jax.sweep_pool worker '
           in remote)
   assert '-- /opt/venv/bin/python -m mobilenet_jax.main' in remote
 
