@@ -68,9 +68,14 @@ def get_config():
   # The optimizer (mobilenet_jax/optim.py documents each field).
   config.optim = ml_collections.ConfigDict()
   config.optim.name = 'adamw'  # 'sgd' | 'rmsprop_tf' | 'adamw'
-  config.optim.learning_rate = 5e-3  # peak, for the global batch
+  config.optim.learning_rate = 5e-3  # peak, at base_batch_size if set
+  # None: learning_rate is the global batch's; else the run uses
+  # learning_rate * batch_size / base_batch_size.
+  config.optim.base_batch_size = config_dict.placeholder(int)
   config.optim.schedule = 'cosine'  # 'cosine' | 'exponential' | 'constant'
-  config.optim.warmup_steps = 50  # linear warm-up from 0
+  # Linear warm-up from 0, in steps or in epochs: set exactly one.
+  config.optim.warmup_steps = config_dict.FieldReference(50, field_type=int)
+  config.optim.warmup_epochs = config_dict.placeholder(float)
   config.optim.weight_decay = 0.0  # sgd/rmsprop_tf: L2; adamw: decoupled
   config.optim.decay_depthwise = False  # also decay depthwise kernels
   config.optim.label_smoothing = 0.0  # in [0, 1)

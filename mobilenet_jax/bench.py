@@ -125,12 +125,13 @@ def _init_variables(model, resolution: int, rng):
 
 def _train_step_fn(model, resolution: int, rng):
   """(jitted step(state, batch) -> (state, metrics), initial state)."""
-  optim_config = imagenet_mobilenet_v2.get_config().optim
+  recipe = imagenet_mobilenet_v2.get_config()
+  optim_config = recipe.optim
   use_ema = optim_config.ema_decay > 0
   variables = _init_variables(model, resolution, rng)
   tx, schedule = optim.create_optimizer(
       optim_config, num_train_steps=10**6, params=variables['params'],
-      steps_per_epoch=1000)
+      steps_per_epoch=1000, batch_size=recipe.batch_size)
   # Built under jit, so that the EMA copies are buffers of their own: the
   # step donates the state.
   state = jax.jit(lambda v: state_lib.create_train_state(

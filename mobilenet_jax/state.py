@@ -106,12 +106,22 @@ def trainable_mask(params, freeze_backbone: bool):
           for name, subtree in params.items()}
 
 
+def resolve_schedule(config: ml_collections.ConfigDict) -> dict:
+  """`optim.resolve_schedule` for the config's global batch; needs the
+  resolved `num_train_steps` and `steps_per_epoch`."""
+  return optim.resolve_schedule(
+      config.optim, num_train_steps=config.num_train_steps,
+      steps_per_epoch=config.get('steps_per_epoch'),
+      batch_size=config.batch_size)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, params):
   """The config's optimizer and schedule (`params` may be shapes only).
   Needs the resolved `num_train_steps` and `steps_per_epoch`."""
   return optim.create_optimizer(
       config.optim, config.num_train_steps, params,
       steps_per_epoch=config.get('steps_per_epoch'),
+      batch_size=config.batch_size,
       trainable_mask=trainable_mask(params, config.freeze_backbone))
 
 

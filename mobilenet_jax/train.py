@@ -105,12 +105,15 @@ def jit_train_step(config: ml_collections.ConfigDict, model, params, mesh):
 
 def resolve_config(config: ml_collections.ConfigDict,
                    info: data.DatasetInfo) -> ml_collections.ConfigDict:
-  """Checks the config and fills in what follows from it and the data:
-  `num_classes` (the dataset's), `steps_per_epoch`, `num_train_steps` (from
-  `num_epochs` if not set) and `eval_batch_size` (the batch size if not set);
-  a warm-up not shorter than the run is clamped to a tenth of it (with a
-  warning). Fails before compiling (the values `config_check` checks
-  first, in `main` before the heavy imports)."""
+  """Checks the config and fills in what follows from it and the data, after
+  every override: `num_classes` (the dataset's), `steps_per_epoch`,
+  `num_train_steps` (from `num_epochs` if not set), `eval_batch_size` (the
+  batch size if not set) and `schedule`, the learning rate, warm-up and
+  decay steps the run uses (`optim.resolve_schedule`: a base rate scaled to
+  the global batch, epochs counted in this batch's steps); the `optim`
+  fields stay as given. A warm-up not shorter than the run is clamped to a
+  tenth of it (with a warning). Fails before compiling (the values
+  `config_check` checks first, in `main` before the heavy imports)."""
   config_check.check_config(config)
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = info.num_classes
@@ -124,14 +127,30 @@ def resolve_config(config: ml_collections.ConfigDict,
     if config.get('num_epochs', 0) <= 0:
       raise ValueError('set num_train_steps or num_epochs (> 0)')
     config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
-  if config.optim.warmup_steps >= config.num_train_steps:
+  schedule = state_lib.resolve_schedule(config)
+  if schedule['warmup_steps'] >= config.num_train_steps:
     clamped = config.num_train_steps // 10
-    logging.warning('optim.warmup_steps=%d is not shorter than the run '
-                    '(num_train_steps=%d): warm-up clamped to %d steps, a '
-                    'tenth of the run', config.optim.warmup_steps,
+    logging.warning('the warm-up (%d steps) is not shorter than the run '
+                    '(num_train_steps=%d): clamped to %d steps, a tenth of '
+                    'the run', schedule['warmup_steps'],
                     config.num_train_steps, clamped)
-    config.optim.warmup_steps = clamped
+    config.optim.warmup_steps, config.optim.warmup_epochs = clamped, None
+    schedule = state_lib.resolve_schedule(config)
+  config.schedule = schedule
   return config
+
+
+def describe_schedule(config: ml_collections.ConfigDict) -> str:
+  """'learning rate 0.064 (0.016 x 1024 / 256), warm-up 1560 steps (5
+  epochs), 1251 steps per epoch, 437842 steps' for a resolved config."""
+  o, s = config.optim, config.schedule
+  scaling = (f' ({o.learning_rate:g} x {config.batch_size} / '
+             f'{o.base_batch_size})' if o.base_batch_size else '')
+  epochs = (f' ({o.warmup_epochs:g} epochs)' if o.warmup_epochs is not None
+            else '')
+  return (f'learning rate {s.learning_rate:.6g}{scaling}, warm-up '
+          f'{s.warmup_steps} steps{epochs}, {config.steps_per_epoch} steps '
+          f'per epoch, {config.num_train_steps} steps')
 
 
 def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
@@ -200,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   parallel.check_shared_workdir(workdir)
   info = data.get_dataset_info(config.data)
   config = resolve_config(config, info)
+  logging.info('%s', describe_schedule(config))
   resolution = models.input_resolution(config.data.rho,
                                        config.data.base_resolution)
   mesh = parallel.create_mesh()
