@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mobilenet_jax import blocks
 from mobilenet_jax import layers
 from mobilenet_jax import models
+from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import optim
 from mobilenet_jax.cpu import batch_norm
 from mobilenet_jax.cpu import dots
@@ -176,6 +178,44 @@ def test_cpu_op_set_equals_reference(name, train):
           == jax.tree.structure(variables))
   want = _loss_stats_grads(reference, variables, images, labels, train)
   got = _loss_stats_grads(cpu, variables, images, labels, train)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
+  _assert_close_trees(got[1], want[1], 'batch_stats')
+  _assert_close_trees(got[2], want[2], 'gradient')
+
+
+
+class _TinyNet(nn.Module):
+  """Every kind of layer of the families, once, in a few small layers: a
+  stride-2 stem, V3's inverted residual (5x5 depthwise, stride 2, SE,
+  hard-swish), V2's with a shortcut, V1's separable pair, the pooled head."""
+  ops: str
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    op_set = ops_lib.OP_SETS[self.ops]
+    x = op_set.conv_bn(8, 3, 2, 'hard_swish', depthwise=False, name='stem',
+                       bn_momentum=0.9, bn_epsilon=1e-3,
+                       dtype=jnp.float32)(x, train)
+    x = blocks.InvertedResidual(24, 16, kernel_size=5, strides=2,
+                                activation='hard_swish', se_features=8,
+                                ops=op_set)(x, train)
+    x = blocks.InvertedResidual(32, 16, ops=op_set)(x, train)
+    x = blocks.DepthwiseSeparable(24, strides=2, ops=op_set)(x, train)
+    return nn.Dense(NUM_CLASSES)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_cpu_op_set_equals_reference_in_a_tiny_training_step():
+  # The fast suite's training-mode check (the one above, every family, is
+  # slow): one training-mode loss, BatchNorm statistics and gradient.
+  images = jnp.asarray(np.random.default_rng(3).normal(size=(4, 24, 24, 3)),
+                       jnp.float32)
+  labels = jnp.arange(4) % NUM_CLASSES
+  reference, cpu = _TinyNet('reference'), _TinyNet('cpu')
+  variables = _random_variables(reference, images)
+  assert (jax.tree.structure(cpu.init(jax.random.key(0), images))
+          == jax.tree.structure(variables))
+  want = _loss_stats_grads(reference, variables, images, labels, True)
+  got = _loss_stats_grads(cpu, variables, images, labels, True)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
   _assert_close_trees(got[1], want[1], 'batch_stats')
   _assert_close_trees(got[2], want[2], 'gradient')

@@ -75,6 +75,40 @@ def test_one_train_step_per_family_on_mock_data(name, tmp_path):
   assert saved == result
 
 
+def test_a_tiny_run_trains_checkpoints_evaluates_and_writes_its_result(
+    data_dir, tmp_path, caplog):
+  # The fast suite's whole loop: any break before the final result fails it.
+  # 0.00125 per 2 images at batch 8: 0.005; 200 examples / 8 = 25 steps per
+  # epoch, so 0.08 warm-up epochs are 2 steps.
+  config = tiny_config(data_dir, num_train_steps=4, log_every_steps=2,
+                       checkpoint_every_steps=2, **{
+                           'optim.learning_rate': 0.00125,
+                           'optim.base_batch_size': 2,
+                           'optim.warmup_steps': None,
+                           'optim.warmup_epochs': 0.08})
+  caplog.set_level('INFO')
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert ('learning rate 0.005 (0.00125 x 8 / 2), warm-up 2 steps (0.08 '
+          'epochs), 25 steps per epoch, 4 steps') in caplog.messages
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['optim']['learning_rate'] == 0.00125
+  assert saved['schedule'] == {'learning_rate': 0.005, 'warmup_steps': 2,
+                               'decay_steps': None}
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_rows = [r for r in rows if r['split'] == 'train']
+  assert [r['step'] for r in train_rows] == [2, 4]
+  assert all(np.isfinite(r['loss']) for r in train_rows)
+  # Steps 1-2 run at lr 0 and 0.0025 (the warm-up), steps 3-4 at 0.005.
+  np.testing.assert_allclose([r['learning_rate'] for r in train_rows],
+                             [0.00125, 0.005], rtol=1e-6)
+  manager = checkpoint.create_manager(str(tmp_path), read_only=True)
+  assert list(manager.all_steps()) == [2, 4]
+  assert result['step'] == 4 and result['num_examples'] == 75
+  assert result['checkpoint'] == checkpoint.checkpoint_path(str(tmp_path), 4)
+  assert json.loads((tmp_path / 'eval' / 'step_4.json').read_text()) == result
+  assert int(restored_state(str(tmp_path)).step) == 4
+
+
 @pytest.mark.slow
 def test_loss_decreases_and_eval_counts_every_example(data_dir, tmp_path):
   # 16 training examples, so that 60 steps must fit them (learning, not
