@@ -7,6 +7,7 @@ steps; orbax checkpoints make a re-run of the same command resume where it
 stopped (SIGTERM saves and exits).
 """
 
+import collections
 import functools
 import signal
 import threading
@@ -253,13 +254,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   step_fn = jit_train_step(config, model, abstract_state.params, mesh)
 
-  batches = data.create_train_iterator(
+  batches = device_prefetch(data.create_train_iterator(
       config.data, global_batch_size=config.batch_size,
-      resolution=resolution, seed=config.seed, start_step=start_step)
+      resolution=resolution, seed=config.seed, start_step=start_step), mesh)
   writer = writers.MetricsWriter(workdir)
   preemption = _Preemption()
   total = config.num_train_steps
   pending, window_start, window_steps = [], time.perf_counter(), 0
+  # The log window's wall time and the part of it spent in next(batches).
+  input_start, input_wait = window_start, 0.0
 
   def run_eval(step):
     variables = evaluation.evaluation_variables(state, use_ema)
@@ -274,7 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   try:
     for step in range(start_step + 1, total + 1):
-      batch = parallel.global_batch(next(batches), mesh)
+      waited_from = time.perf_counter()
+      batch = next(batches)
+      input_wait += time.perf_counter() - waited_from
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       if step == start_step + 1:
@@ -296,6 +301,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         _check_finite(stacked, step, manager.latest_step())
       if _every(step, config.log_every_steps) or is_last:
         means = {k: float(np.mean(v)) for k, v in stacked.items()}
+        means['input_wait'] = input_wait / (time.perf_counter() - input_start)
+        if means['input_wait'] > INPUT_WAIT_WARNING:
+          logging.warning('steps %d-%d waited for the input pipeline %.0f%% '
+                          'of the time: input-bound (docs/performance.md, '
+                          'bench --data)', step - len(pending) + 1, step,
+                          100 * means['input_wait'])
         timing = {}
         if window_steps:
           elapsed = time.perf_counter() - window_start
@@ -305,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         writer.write(step, means)
         writers.console_line(step, total, means, **timing)
         pending, window_start, window_steps = [], time.perf_counter(), 0
+        input_start, input_wait = window_start, 0.0
       if saves:
         checkpoint.save(manager, step, state)
       if preempted:
@@ -324,6 +336,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       checkpoint.close(manager)  # a failed save: CheckpointWriteError
     finally:
       writer.close()
+
+
+# A log window whose loop waited longer than this fraction of its wall time
+# for the next batch logs a warning.
+INPUT_WAIT_WARNING = 0.1
+
+
+def device_prefetch(host_batches, mesh, size: int = 2):
+  """The host batches as global arrays split over `data`, each put on the
+  devices `size` batches before the loop takes it, so that the host-to-
+  device copy overlaps the steps (flax's `prefetch_to_device` idea, with
+  the batch sharding in place of pmap's device list)."""
+  queue = collections.deque()
+  for local_batch in host_batches:
+    queue.append(parallel.global_batch(local_batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  yield from queue
 
 
 class NonFiniteMetricError(ValueError):

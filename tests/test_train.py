@@ -76,10 +76,17 @@ def test_one_train_step_per_family_on_mock_data(name, tmp_path):
 
 
 def test_a_tiny_run_trains_checkpoints_evaluates_and_writes_its_result(
-    data_dir, tmp_path, caplog):
+    data_dir, tmp_path, caplog, monkeypatch):
   # The fast suite's whole loop: any break before the final result fails it.
   # 0.00125 per 2 images at batch 8: 0.005; 200 examples / 8 = 25 steps per
   # epoch, so 0.08 warm-up epochs are 2 steps.
+  create_train_iterator = train.data.create_train_iterator
+
+  def slow_input(*args, **kwargs):  # a host pipeline of 0.3 s per batch
+    for batch in create_train_iterator(*args, **kwargs):
+      time.sleep(0.3)
+      yield batch
+  monkeypatch.setattr(train.data, 'create_train_iterator', slow_input)
   config = tiny_config(data_dir, num_train_steps=4, log_every_steps=2,
                        checkpoint_every_steps=2, **{
                            'optim.learning_rate': 0.00125,
@@ -101,6 +108,11 @@ def test_a_tiny_run_trains_checkpoints_evaluates_and_writes_its_result(
   # Steps 1-2 run at lr 0 and 0.0025 (the warm-up), steps 3-4 at 0.005.
   np.testing.assert_allclose([r['learning_rate'] for r in train_rows],
                              [0.00125, 0.005], rtol=1e-6)
+  # Steps 3-4 ran compiled in milliseconds and waited 0.6 s for input.
+  assert 0 <= train_rows[0]['input_wait'] <= 1
+  assert 0.5 < train_rows[1]['input_wait'] <= 1
+  assert any(m.startswith('steps 3-4 waited for the input pipeline')
+             for m in caplog.messages)
   manager = checkpoint.create_manager(str(tmp_path), read_only=True)
   assert list(manager.all_steps()) == [2, 4]
   assert result['step'] == 4 and result['num_examples'] == 75
