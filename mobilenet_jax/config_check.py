@@ -142,6 +142,7 @@ def check_config(config) -> None:
                      f'{MIN_RESOLUTION}, got {d.rho} * {d.base_resolution}')
   one_of('data.cache', d.get('cache'), (None, True, False))
   one_of('data.random_flip', d.get('random_flip', True), (True, False))
+  one_of('data.antialias', d.get('antialias', False), (True, False))
   for field in ('batch_size',):
     if not (is_int(config[field]) and config[field] > 0):
       raise ValueError(f'{field} must be an int > 0, got {config[field]!r}')
