@@ -39,6 +39,9 @@ def get_config():
   # run), 'cpu' (XLA:CPU kernels, tested equal to reference), 'auto' (cpu on
   # the CPU backend, reference elsewhere).
   config.model.ops = 'auto'
+  # Under bfloat16/float16: kernel and bias gradients in float32 (a custom
+  # transpose, layers.float32_weight_grad); false: plain Flax layers.
+  config.model.float32_weight_grads = True
 
   # The input pipeline (mobilenet_jax/data/pipeline.py documents each field).
   config.data = ml_collections.ConfigDict()

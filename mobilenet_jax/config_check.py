@@ -115,6 +115,8 @@ def check_model_config(m) -> None:
   one_of('model.name', m.name, MODEL_NAMES)
   one_of('model.ops', m.get('ops', 'auto'), OP_SET_NAMES)
   one_of('model.dtype', m.dtype, DTYPES)
+  one_of('model.float32_weight_grads', m.get('float32_weight_grads', True),
+         (True, False))
   try:
     check_alpha_expansion(m.name, m.alpha, m.get('expansion'))
   except ValueError as e:

@@ -68,7 +68,8 @@ def model_from_config(model_config: ml_collections.ConfigDict,
       dropout_rate=model_config.dropout_rate,
       dtype=model_config.dtype,
       bn_momentum=model_config.get('bn_momentum'),
-      ops=model_config.get('ops', 'auto'))
+      ops=model_config.get('ops', 'auto'),
+      float32_weight_grads=model_config.get('float32_weight_grads', True))
 
 
 def init_variables(model: nn.Module, rng: jax.Array, resolution: int):
