@@ -354,20 +354,27 @@ def file_part(text: str) -> str:
 
 def result_variant(config: ml_collections.ConfigDict, use_ema: bool,
                    dataset: str | None = None,
-                   split: str | None = None) -> str:
+                   split: str | None = None,
+                   overrides: dict | None = None) -> str:
   """'' for the run's own evaluation settings (its dataset, eval_split and
-  EMA setting: training's final evaluation, eval/step_<N>.json); otherwise
-  '[<dataset>.]<split>.<ema|raw>' (the dataset only when it differs), so
-  that results of other settings go to their own eval/step_<N>.<variant>.json
-  beside it, e.g. step_1000.test_to50pct.raw.json."""
+  EMA setting, no `overrides`: training's final evaluation,
+  eval/step_<N>.json); otherwise '[<dataset>.]<split>.<ema|raw>' (the
+  dataset only when it differs) and one part per override ({'data.rho':
+  0.857} -> 'rho-0-857'), so that results of other settings go to their own
+  eval/step_<N>.<variant>.json beside it, e.g. step_1000.test_to50pct.raw.json
+  or step_1000.test.raw.rho-0-857.json."""
   dataset = dataset or config.data.dataset
   split = split or config.data.eval_split
   if ((dataset, split, use_ema) ==
       (config.data.dataset, config.data.eval_split,
-       config.optim.ema_decay > 0)):
+       config.optim.ema_decay > 0)) and not overrides:
     return ''
   parts = [] if dataset == config.data.dataset else [file_part(dataset)]
-  return '.'.join(parts + [file_part(split), 'ema' if use_ema else 'raw'])
+  parts += [file_part(split), 'ema' if use_ema else 'raw']
+  fields = {key.rpartition('.')[2]: value
+            for key, value in (overrides or {}).items()}
+  return '.'.join(parts + [file_part(f'{field}-{value}')
+                           for field, value in sorted(fields.items())])
 
 
 def eval_result_path(workdir: str, step: int,

@@ -161,6 +161,39 @@ def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path,
   assert json.loads((workdir / 'eval' / 'step_6.json').read_text()) == final
 
 
+def test_evaluation_overrides_name_their_own_result_file():
+  config = default.get_config()  # eval_split 'test', no EMA
+  assert checkpoint.result_variant(config, False) == ''
+  assert checkpoint.result_variant(
+      config, False, overrides={'data.rho': 0.857, 'eval_batch_size': 5}) == (
+          'test.raw.eval_batch_size-5.rho-0-857')
+  with pytest.raises(ValueError, match=r"an evaluation override must be one "
+                                       r"of \['data.rho', "):
+    evaluation.Evaluator('unused', overrides={'model.alpha': 1.0})
+
+
+@pytest.mark.slow
+def test_evaluate_with_config_overrides_writes_beside_the_runs_result(
+    data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  final = train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+  own = (workdir / 'eval' / 'step_6.json').read_text()
+  # At 40 px, batch 5: the test split's 75 images, into a file of its own.
+  evaluator = evaluation.Evaluator(
+      str(workdir), overrides={'data.rho': 1.25, 'eval_batch_size': 5})
+  assert (evaluator.resolution, evaluator.config.eval_batch_size) == (40, 5)
+  at_40 = evaluator.evaluate(6)
+  assert at_40['num_examples'] == 75 and at_40['step'] == final['step']
+  assert json.loads((workdir / 'eval' / 'step_6.test.raw.eval_batch_size-5.'
+                     'rho-1-25.json').read_text()) == at_40
+  run_subprocess([sys.executable, '-m', 'mobilenet_jax.evaluate',
+                  f'--workdir={workdir}', '--config.data.eval_crop_fraction=0.5'])
+  half = json.loads((workdir / 'eval' / 'step_6.test.raw.eval_crop_fraction-'
+                     '0-5.json').read_text())
+  assert half['num_examples'] == 75 and half['step'] == 6
+  assert (workdir / 'eval' / 'step_6.json').read_text() == own
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_eight_devices_match_one_device(data_dir, tmp_path):
