@@ -113,19 +113,6 @@ EVAL_OVERRIDES = {'data.rho': float, 'data.base_resolution': int,
                   'eval_batch_size': int}
 
 
-def _with_overrides(config: ml_collections.ConfigDict,
-                    overrides: dict) -> ml_collections.ConfigDict:
-  """A copy of `config` with `overrides` ({dotted field: value}) applied."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
-
-
 class Evaluator:
   """Restores checkpoints of one workdir and evaluates them; `overrides`
   ({field: value} of EVAL_OVERRIDES: the resolution, crop fraction, batch)
@@ -139,7 +126,8 @@ class Evaluator:
     overrides = dict(overrides or {})
     for key in overrides:
       config_check.one_of('an evaluation override', key, list(EVAL_OVERRIDES))
-    self.config = _with_overrides(checkpoint.load_config(workdir), overrides)
+    self.config = checkpoint.load_config(workdir)
+    self.config.update_from_flattened_dict(overrides)
     parallel.check_batch_size(self.config.eval_batch_size, 'eval_batch_size')
     self.use_ema = (self.config.optim.ema_decay > 0 if use_ema is None
                     else use_ema)

@@ -167,12 +167,19 @@ def _assert_close_trees(got, want, what):
     pytest.param(False, id='eval')])
 @pytest.mark.parametrize('name', FAMILIES)
 def test_cpu_op_set_equals_reference(name, train):
-  images = jnp.asarray(np.random.default_rng(3).normal(
-      size=(4, 40, 40, 3)), jnp.float32)
-  labels = jnp.arange(4) % NUM_CLASSES
   reference, cpu = (models.create_model(name, alpha=0.35,
                                         num_classes=NUM_CLASSES, ops=ops)
                     for ops in ('reference', 'cpu'))
+  _assert_op_sets_agree(reference, cpu, 40, train)
+
+
+def _assert_op_sets_agree(reference, cpu, size: int, train: bool):
+  """The same variables (random, `_random_variables`) in `reference` and
+  `cpu` give the same loss, BatchNorm statistics and gradients on 4 random
+  images of `size` px."""
+  images = jnp.asarray(np.random.default_rng(3).normal(
+      size=(4, size, size, 3)), jnp.float32)
+  labels = jnp.arange(4) % NUM_CLASSES
   variables = _random_variables(reference, images)
   assert (jax.tree.structure(cpu.init(jax.random.key(0), images))
           == jax.tree.structure(variables))
@@ -181,7 +188,6 @@ def test_cpu_op_set_equals_reference(name, train):
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
   _assert_close_trees(got[1], want[1], 'batch_stats')
   _assert_close_trees(got[2], want[2], 'gradient')
-
 
 
 class _TinyNet(nn.Module):
@@ -207,15 +213,4 @@ class _TinyNet(nn.Module):
 def test_cpu_op_set_equals_reference_in_a_tiny_training_step():
   # The fast suite's training-mode check (the one above, every family, is
   # slow): one training-mode loss, BatchNorm statistics and gradient.
-  images = jnp.asarray(np.random.default_rng(3).normal(size=(4, 24, 24, 3)),
-                       jnp.float32)
-  labels = jnp.arange(4) % NUM_CLASSES
-  reference, cpu = _TinyNet('reference'), _TinyNet('cpu')
-  variables = _random_variables(reference, images)
-  assert (jax.tree.structure(cpu.init(jax.random.key(0), images))
-          == jax.tree.structure(variables))
-  want = _loss_stats_grads(reference, variables, images, labels, True)
-  got = _loss_stats_grads(cpu, variables, images, labels, True)
-  np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
-  _assert_close_trees(got[1], want[1], 'batch_stats')
-  _assert_close_trees(got[2], want[2], 'gradient')
+  _assert_op_sets_agree(_TinyNet('reference'), _TinyNet('cpu'), 24, True)
