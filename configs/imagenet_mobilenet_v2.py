@@ -11,6 +11,10 @@ smoothing 0.1, EMA 0.9999, dropout 0.2, global batch 4096.
 Paper (V2 section 6.1): RMSProp decay/momentum 0.9, lr 0.045 decaying 0.98
 per epoch, weight decay 4e-5, batch 96 on 16 GPUs: 72.0% top-1.
 
+The learning rate and the warm-up are given per batch of 256 and in epochs,
+so `--config.batch_size=1024` trains at 0.064 with 5 epochs of warm-up
+(the run resolves them, `optim.resolve_schedule`).
+
 The recipe is hardware-neutral: float32 and `model.ops = 'auto'` from
 `default.py`; `tpu.py` adds what a TPU decides (bfloat16).
 
@@ -42,14 +46,16 @@ def get_config(arg=None):
 
   config.batch_size = args.batch_size
   config.optim.name = 'rmsprop_tf'
-  config.optim.learning_rate = 0.016 * config.batch_size / 256
+  config.optim.learning_rate = 0.016
+  config.optim.base_batch_size = 256
   config.optim.rmsprop_decay = 0.9
   config.optim.momentum = 0.9
   config.optim.rmsprop_epsilon = 0.001
   config.optim.schedule = 'exponential'
   config.optim.decay_rate = 0.97
   config.optim.decay_epochs = 2.4
-  config.optim.warmup_steps = 5 * 1281167 // config.batch_size
+  config.optim.warmup_steps = None
+  config.optim.warmup_epochs = 5.0
   config.optim.weight_decay = 1e-5
   config.optim.label_smoothing = 0.1
   config.optim.ema_decay = 0.9999

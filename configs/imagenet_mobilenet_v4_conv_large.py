@@ -2,7 +2,7 @@
 Garden's `imagenet_mobilenetv4_conv_large_tpu.yaml` (82.9% top-1 at 500
 epochs, 384 px): the Conv-M recipe (`imagenet_mobilenet_v4_conv_medium.py`)
 at global batch 16384 with decoupled weight decay 0.2 (peak learning rate
-0.004, 1560 warm-up steps, i.e. 20 epochs, at that batch).
+0.004, 1560 warm-up steps, i.e. 20 epochs of 78 steps, at that batch).
 
 Left out (not implemented here): RandAugment (magnitude 15), mixup (0.8) /
 CutMix (1.0) on 20% of the batches, and stochastic depth (0.2).
@@ -15,4 +15,5 @@ from configs import imagenet_mobilenet_v4_conv_medium
 
 def get_config(arg=None):
   return imagenet_mobilenet_v4_conv_medium.get_config(
-      arg, size='large', resolution=384, batch_size=16384, weight_decay=0.2)
+      arg, size='large', resolution=384, batch_size=16384, warmup_epochs=20.0,
+      weight_decay=0.2)

@@ -25,7 +25,11 @@ glibc's malloc tunables and runs its steps on the calling thread
 
 With `--data`, each step is one host batch from `data.create_train_iterator`
 (decode, crop, flip, resize to uint8; tf.data with prefetch); `setup_s` is
-the time to the first batch (preparing the dataset, filling the cache).
+the time to the first batch (preparing the dataset, filling the cache);
+`cpu_ms_per_image` is the process's CPU time over the timed steps per image
+(core-milliseconds: what a host of N cores divides) and `cores_busy` that
+CPU time over the wall time. A folder of JPEGs (`--dataset=folder:DIR`,
+DIR/train/<class>/*.jpg) times the decode-and-crop path of ImageNet.
 
 With `--tflite`, each step is one `invoke()` of an exported model
 (`mobilenet_jax.export`) on the LiteRT interpreter (XNNPACK, `threads`
@@ -125,12 +129,13 @@ def _init_variables(model, resolution: int, rng):
 
 def _train_step_fn(model, resolution: int, rng):
   """(jitted step(state, batch) -> (state, metrics), initial state)."""
-  optim_config = imagenet_mobilenet_v2.get_config().optim
+  recipe = imagenet_mobilenet_v2.get_config()
+  optim_config = recipe.optim
   use_ema = optim_config.ema_decay > 0
   variables = _init_variables(model, resolution, rng)
   tx, schedule = optim.create_optimizer(
       optim_config, num_train_steps=10**6, params=variables['params'],
-      steps_per_epoch=1000)
+      steps_per_epoch=1000, batch_size=recipe.batch_size)
   # Built under jit, so that the EMA copies are buffers of their own: the
   # step donates the state.
   state = jax.jit(lambda v: state_lib.create_train_state(
@@ -232,14 +237,15 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
 def benchmark_data(dataset: str = 'shapes', *, data_dir: str | None = None,
                    split: str = 'train', resolution: int = 224,
                    batch_size: int = 32, steps: int = 10, warmup: int = 2,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, antialias: bool = False) -> dict:
   """Times `steps` batches of the training input pipeline (after `warmup`
-  more and the first one, which builds it)."""
+  more and the first one, which builds it), resizing with `antialias`."""
   _check_counts(steps, warmup, batch_size)
   data_config = imagenet_mobilenet_v2.get_config().data
   data_config.dataset = dataset
   data_config.data_dir = data_dir
   data_config.train_split = split
+  data_config.antialias = antialias
   start = time.perf_counter()
   batches = data.create_train_iterator(
       data_config, global_batch_size=batch_size, resolution=resolution,
@@ -248,15 +254,23 @@ def benchmark_data(dataset: str = 'shapes', *, data_dir: str | None = None,
   setup_s = time.perf_counter() - start
   times = []
   for i in range(warmup + steps):
+    if i == warmup:
+      cpu_start, wall_start = time.process_time(), time.perf_counter()
     start = time.perf_counter()
     next(batches)
     if i >= warmup:
       times.append(time.perf_counter() - start)
+  # The process's CPU time (every thread: tf.data's workers) over the timed
+  # steps: core-milliseconds per image, and how many cores that kept busy.
+  cpu_s = time.process_time() - cpu_start
+  wall_s = time.perf_counter() - wall_start
   peak_mb, peak_source = peak_memory_mb()
   return {
       'dataset': dataset, 'split': split, 'resolution': resolution,
-      'batch_size': batch_size, 'steps': steps, 'warmup': warmup,
-      **summarize(times, batch_size),
+      'antialias': antialias, 'batch_size': batch_size, 'steps': steps,
+      'warmup': warmup, **summarize(times, batch_size),
+      'cpu_ms_per_image': 1000 * cpu_s / (steps * batch_size),
+      'cores_busy': cpu_s / wall_s,
       'setup_s': setup_s,
       'peak_mem_mb': peak_mb, 'peak_mem_source': peak_source,
   }
@@ -339,6 +353,7 @@ def define_flags() -> None:
                       'With --data: tfds name or folder:/path.')
   flags.DEFINE_string('data_dir', None, 'With --data: tfds data directory.')
   flags.DEFINE_string('split', 'train', 'With --data: the split.')
+  flags.DEFINE_bool('antialias', False, 'With --data: antialiased resizing.')
   flags.DEFINE_string('tflite', None, 'Time one image through this exported '
                       'model on the LiteRT interpreter instead.')
   flags.DEFINE_integer('threads', 1, 'With --tflite: interpreter threads.')
@@ -364,7 +379,8 @@ def main(argv):
       result = benchmark_data(
           FLAGS.dataset, data_dir=FLAGS.data_dir, split=FLAGS.split,
           resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
-          steps=FLAGS.steps or 10, warmup=FLAGS.warmup, seed=FLAGS.seed)
+          steps=FLAGS.steps or 10, warmup=FLAGS.warmup, seed=FLAGS.seed,
+          antialias=FLAGS.antialias)
     else:
       result = benchmark_model(
           FLAGS.model, alpha=FLAGS.alpha, resolution=FLAGS.resolution,

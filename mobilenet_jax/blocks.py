@@ -28,13 +28,15 @@ class Block(nn.Module):
   bn_momentum: float = _kw(0.99)
   bn_epsilon: float = _kw(1e-3)
   dtype: Any = _kw(jnp.float32)
+  float32_weight_grads: bool = _kw(True)
 
   def conv_bn(self, features: int, kernel_size: int, strides: int,
               activation: str, *, name: str, depthwise: bool = False):
     return self.ops.conv_bn(features, kernel_size, strides, activation,
                             depthwise=depthwise, name=name,
                             bn_momentum=self.bn_momentum,
-                            bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+                            bn_epsilon=self.bn_epsilon, dtype=self.dtype,
+                            float32_weight_grads=self.float32_weight_grads)
 
   def residual(self, x, shortcut):
     """x + shortcut when the stride is 1 and the width is unchanged."""
@@ -81,8 +83,9 @@ class InvertedResidual(Block):
                      self.activation, name='depthwise',
                      depthwise=True)(x, train)
     if self.se_features:
-      x = self.ops.squeeze_excite(self.se_features, dtype=self.dtype,
-                                  name='se')(x)
+      x = self.ops.squeeze_excite(
+          self.se_features, dtype=self.dtype,
+          float32_weight_grads=self.float32_weight_grads, name='se')(x)
     x = self.conv_bn(self.features, 1, 1, 'identity', name='project')(x, train)
     return self.residual(x, shortcut)
 

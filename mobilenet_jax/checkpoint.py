@@ -191,12 +191,33 @@ def array_shapes(tree) -> dict[str, tuple]:
 def saved_shapes(item_dir) -> dict[str, tuple] | None:
   """{array name: shape} of the orbax StandardSave item in `item_dir`
   (CHECKPOINT/default, or a converted model's variables/), read from its
-  metadata alone: no array is read. None if the metadata does not read."""
+  metadata alone: no array is read. None if the metadata does not read or
+  names no array (orbax reads a cut-short `_METADATA` as an empty tree)."""
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      return array_shapes(checkpointer.metadata(item_dir).item_metadata)
+      shapes = array_shapes(checkpointer.metadata(item_dir).item_metadata)
   except Exception:  # pylint: disable=broad-except
     return None
+  return shapes or None
+
+
+# The JSON files of a checkpoint folder that orbax writes last for a step.
+METADATA_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA')
+
+
+def metadata_parses(step_dir) -> bool:
+  """False when one of the checkpoint's METADATA_FILES exists but is not
+  JSON (a write cut short, a truncated copy): the checkpoint is corrupt,
+  and nothing it says about its arrays can be trusted."""
+  for name in METADATA_FILES:
+    path = epath.Path(step_dir) / name
+    try:
+      json.loads(path.read_text())
+    except FileNotFoundError:
+      continue
+    except (OSError, ValueError):
+      return False
+  return True
 
 
 def shape_differences(saved: dict, expected: dict, limit: int = 2,
@@ -249,8 +270,11 @@ def check_fits(manager: ocp.CheckpointManager, step: int, abstract_state,
   shapes, from its metadata: seconds, nothing compiled or read) differ from
   `abstract_state`'s, naming the config fields (`STATE_FIELDS`, against the
   workdir's config.json) and the arrays that differ. A checkpoint whose
-  metadata does not read is left to `restore_latest`."""
-  saved = saved_shapes(manager.directory / str(step) / 'default')
+  metadata does not read is corrupt, not another model's: it is left to
+  `restore_latest`, which sets it aside."""
+  step_dir = manager.directory / str(step)
+  saved = (saved_shapes(step_dir / 'default')
+           if metadata_parses(step_dir) else None)
   if saved is None:
     return
   differences = shape_differences(saved, array_shapes(abstract_state))
@@ -280,8 +304,9 @@ def saved_steps(workdir: str) -> list[int]:
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   """(step, state) of the newest checkpoint that restores (`restore`).
 
-  A checkpoint that fails to restore while an older one restores (a file
-  corrupted or cut short) is reported as a warning and set aside, renamed
+  A checkpoint that fails to restore, or whose metadata does not parse
+  (`metadata_parses`), while an older one restores (a file corrupted or cut
+  short) is reported as a warning and set aside, renamed
   to `<step>.unreadable`, so that training can save that step again. When
   none restores (e.g. every one was saved by another model), the newest
   one's error is raised and nothing is renamed.
@@ -290,6 +315,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   errors = []
   for step in steps:
     try:
+      if not metadata_parses(manager.directory / str(step)):
+        raise ValueError(
+            f'checkpoint {os.fspath(manager.directory / str(step))} '
+            'is corrupt: its metadata does not parse')
       state = restore(manager, step, abstract_state)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
@@ -325,20 +354,27 @@ def file_part(text: str) -> str:
 
 def result_variant(config: ml_collections.ConfigDict, use_ema: bool,
                    dataset: str | None = None,
-                   split: str | None = None) -> str:
+                   split: str | None = None,
+                   overrides: dict | None = None) -> str:
   """'' for the run's own evaluation settings (its dataset, eval_split and
-  EMA setting: training's final evaluation, eval/step_<N>.json); otherwise
-  '[<dataset>.]<split>.<ema|raw>' (the dataset only when it differs), so
-  that results of other settings go to their own eval/step_<N>.<variant>.json
-  beside it, e.g. step_1000.test_to50pct.raw.json."""
+  EMA setting, no `overrides`: training's final evaluation,
+  eval/step_<N>.json); otherwise '[<dataset>.]<split>.<ema|raw>' (the
+  dataset only when it differs) and one part per override ({'data.rho':
+  0.857} -> 'rho-0-857'), so that results of other settings go to their own
+  eval/step_<N>.<variant>.json beside it, e.g. step_1000.test_to50pct.raw.json
+  or step_1000.test.raw.rho-0-857.json."""
   dataset = dataset or config.data.dataset
   split = split or config.data.eval_split
   if ((dataset, split, use_ema) ==
       (config.data.dataset, config.data.eval_split,
-       config.optim.ema_decay > 0)):
+       config.optim.ema_decay > 0)) and not overrides:
     return ''
   parts = [] if dataset == config.data.dataset else [file_part(dataset)]
-  return '.'.join(parts + [file_part(split), 'ema' if use_ema else 'raw'])
+  parts += [file_part(split), 'ema' if use_ema else 'raw']
+  fields = {key.rpartition('.')[2]: value
+            for key, value in (overrides or {}).items()}
+  return '.'.join(parts + [file_part(f'{field}-{value}')
+                           for field, value in sorted(fields.items())])
 
 
 def eval_result_path(workdir: str, step: int,

@@ -24,8 +24,8 @@ MIN_RESOLUTION = 32
 OPTIMIZERS = ('adamw', 'rmsprop_tf', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential')
 # Every `optim` field (optim.py's docstring documents each).
-OPTIM_FIELDS = ('name', 'learning_rate', 'schedule', 'warmup_steps',
-                'weight_decay', 'decay_depthwise', 'label_smoothing',
+OPTIM_FIELDS = ('name', 'learning_rate', 'base_batch_size', 'schedule',
+                'warmup_steps', 'warmup_epochs', 'weight_decay', 'decay_depthwise', 'label_smoothing',
                 'ema_decay', 'momentum', 'nesterov', 'decay_rate',
                 'decay_epochs', 'rmsprop_decay', 'rmsprop_epsilon', 'adam_b1',
                 'adam_b2', 'adam_epsilon', 'grad_clip_norm')
@@ -80,9 +80,23 @@ def check_optim_config(c) -> None:
   for field in ('learning_rate', 'weight_decay'):
     if not getattr(c, field) >= 0:
       raise ValueError(f'optim.{field} must be >= 0, got {getattr(c, field)!r}')
-  if not (is_int(c.warmup_steps) and c.warmup_steps >= 0):
+  if c.base_batch_size is not None and not (is_int(c.base_batch_size)
+                                            and c.base_batch_size > 0):
+    raise ValueError(f'optim.base_batch_size must be an int > 0 or None, got '
+                     f'{c.base_batch_size!r}')
+  if c.warmup_steps is not None and not (is_int(c.warmup_steps)
+                                         and c.warmup_steps >= 0):
+    raise ValueError(f'optim.warmup_steps must be an int >= 0 or None, got '
+                     f'{c.warmup_steps!r}')
+  if c.warmup_epochs is not None and not (_is_number(c.warmup_epochs)
+                                          and c.warmup_epochs >= 0):
+    raise ValueError(f'optim.warmup_epochs must be >= 0 or None, got '
+                     f'{c.warmup_epochs!r}')
+  if (c.warmup_steps is None) == (c.warmup_epochs is None):
     raise ValueError(
-        f'optim.warmup_steps must be an int >= 0, got {c.warmup_steps!r}')
+        'set exactly one of optim.warmup_steps and optim.warmup_epochs, got '
+        f'{c.warmup_steps!r} and {c.warmup_epochs!r} (a recipe that gives '
+        'the warm-up in epochs takes --config.optim.warmup_epochs)')
   for field in ('label_smoothing', 'ema_decay', 'momentum', 'rmsprop_decay',
                 'adam_b1', 'adam_b2'):
     check_unit_interval(f'optim.{field}', getattr(c, field))
@@ -101,6 +115,8 @@ def check_model_config(m) -> None:
   one_of('model.name', m.name, MODEL_NAMES)
   one_of('model.ops', m.get('ops', 'auto'), OP_SET_NAMES)
   one_of('model.dtype', m.dtype, DTYPES)
+  one_of('model.float32_weight_grads', m.get('float32_weight_grads', True),
+         (True, False))
   try:
     check_alpha_expansion(m.name, m.alpha, m.get('expansion'))
   except ValueError as e:
@@ -128,6 +144,7 @@ def check_config(config) -> None:
                      f'{MIN_RESOLUTION}, got {d.rho} * {d.base_resolution}')
   one_of('data.cache', d.get('cache'), (None, True, False))
   one_of('data.random_flip', d.get('random_flip', True), (True, False))
+  one_of('data.antialias', d.get('antialias', False), (True, False))
   for field in ('batch_size',):
     if not (is_int(config[field]) and config[field] > 0):
       raise ValueError(f'{field} must be an int > 0, got {config[field]!r}')

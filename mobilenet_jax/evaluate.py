@@ -2,6 +2,8 @@
 
   python -m mobilenet_jax.evaluate --workdir=DIR [--step=N | --all | --watch]
       [--use_ema=true|false] [--dataset=NAME] [--split=SPLIT]
+      [--config.data.rho=R --config.data.eval_crop_fraction=F
+       --config.eval_batch_size=B ...]
   python -m mobilenet_jax.evaluate --tflite=PATH.tflite [--dataset=NAME] \
       [--split=SPLIT]
 
@@ -12,6 +14,9 @@ replaced). Another split, dataset or EMA setting than the run's own writes
 DIR/eval/step_<N>.[<dataset>.]<split>.<ema|raw>.json beside it, e.g.
 step_1000.test_to50pct.raw.json for --split='test[:50%]' --use_ema=false
 (names: `checkpoint.result_variant`; the JSON adds "dataset" and "split").
+`--config.KEY=VALUE` evaluates with another resolution, crop fraction,
+batch or resize (`evaluation.EVAL_OVERRIDES`), into its own file beside the
+run's, e.g. step_1000.test.raw.rho-0-857.json.
 `--watch` is a sidecar evaluator: it polls the workdir for
 new checkpoints and exits after evaluating the final step. The work is
 `mobilenet_jax.evaluation`'s.
@@ -32,6 +37,9 @@ import sys
 
 from absl import app
 from absl import flags
+import ml_collections
+from ml_collections import config_dict
+from ml_collections import config_flags
 
 from mobilenet_jax import evaluation
 from mobilenet_jax import litert
@@ -54,6 +62,37 @@ flags.DEFINE_string('dataset', None, 'Override data.dataset.')
 flags.DEFINE_string('split', None, 'Override data.eval_split.')
 
 
+def _override_fields() -> ml_collections.ConfigDict:
+  """evaluation.EVAL_OVERRIDES as a ConfigDict of typed None placeholders."""
+  fields = ml_collections.ConfigDict()
+  for key, kind in evaluation.EVAL_OVERRIDES.items():
+    *parents, leaf = key.split('.')
+    node = fields
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    node[leaf] = config_dict.placeholder(kind)
+  return fields
+
+
+_OVERRIDES = config_flags.DEFINE_config_dict(
+    'config', _override_fields(), 'Run config fields to evaluate with: '
+    f'--config.KEY=VALUE, KEY one of {", ".join(evaluation.EVAL_OVERRIDES)}.')
+
+
+def _overrides() -> dict:
+  """{dotted field: value} of the --config.KEY=VALUE flags given."""
+  values = {}
+  for key in evaluation.EVAL_OVERRIDES:
+    node = _OVERRIDES.value
+    for part in key.split('.'):
+      node = node[part]
+    if node is not None:
+      values[key] = node
+  return values
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -69,7 +108,7 @@ def main(argv):
       return
     use_ema = None if FLAGS.use_ema is None else FLAGS.use_ema == 'true'
     evaluator = evaluation.Evaluator(FLAGS.workdir, use_ema, FLAGS.dataset,
-                                     FLAGS.split)
+                                     FLAGS.split, _overrides())
     if FLAGS.watch:
       evaluation.watch(evaluator, FLAGS.poll_seconds, FLAGS.watch_timeout)
       return

@@ -21,6 +21,7 @@ import ml_collections
 import optax
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import data
 from mobilenet_jax import models
 from mobilenet_jax import parallel
@@ -104,13 +105,30 @@ def evaluation_variables(state, use_ema: bool) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
+# The config fields an evaluation may override (`Evaluator`'s `overrides`)
+# and their types: they change how the images are prepared or batched, not
+# the model.
+EVAL_OVERRIDES = {'data.rho': float, 'data.base_resolution': int,
+                  'data.eval_crop_fraction': float, 'data.antialias': bool,
+                  'eval_batch_size': int}
+
+
 class Evaluator:
-  """Restores checkpoints of one workdir and evaluates them."""
+  """Restores checkpoints of one workdir and evaluates them; `overrides`
+  ({field: value} of EVAL_OVERRIDES: the resolution, crop fraction, batch)
+  evaluate with other settings than the run's, into a result file of their
+  own (`checkpoint.result_variant`)."""
 
   def __init__(self, workdir: str, use_ema: bool | None = None,
-               dataset: str | None = None, split: str | None = None):
+               dataset: str | None = None, split: str | None = None,
+               overrides: dict | None = None):
     self.workdir = workdir
+    overrides = dict(overrides or {})
+    for key in overrides:
+      config_check.one_of('an evaluation override', key, list(EVAL_OVERRIDES))
     self.config = checkpoint.load_config(workdir)
+    self.config.update_from_flattened_dict(overrides)
+    parallel.check_batch_size(self.config.eval_batch_size, 'eval_batch_size')
     self.use_ema = (self.config.optim.ema_decay > 0 if use_ema is None
                     else use_ema)
     self.data_config = ml_collections.ConfigDict(self.config.data.to_dict())
@@ -127,7 +145,8 @@ class Evaluator:
     self.abstract_state = state_lib.abstract_train_state(
         self.config, self.model, self.resolution, self.mesh)
     self.manager = checkpoint.create_manager(workdir, read_only=True)
-    self.variant = checkpoint.result_variant(self.config, self.use_ema, dataset, split)
+    self.variant = checkpoint.result_variant(self.config, self.use_ema,
+                                             dataset, split, overrides)
 
   def steps(self) -> list[int]:
     self.manager.reload()

@@ -130,13 +130,15 @@ conv_general_dilated_f32_weight_grad = float32_weight_grad(
 dot_general_f32_weight_grad = float32_weight_grad(lax.dot_general)
 
 
-def low_precision_kwargs(dtype: Any, dense: bool = False) -> dict:
+def low_precision_kwargs(dtype: Any, dense: bool = False,
+                         float32_weight_grads: bool = True) -> dict:
   """Extra `nn.Conv` (or `nn.Dense`, `dense=True`) arguments for compute
-  `dtype`: none in float32 (plain Flax); otherwise float32 kernel and bias
-  gradients (`float32_weight_grad`, `_promote_inputs_only`). A layer with a
-  bias then returns float32 (its bias added in float32): cast its output to
-  `dtype`."""
-  if jnp.dtype(dtype) == jnp.float32:
+  `dtype`: none in float32 or without `float32_weight_grads` (plain Flax,
+  the way out should a JAX upgrade break the custom transpose); otherwise
+  float32 kernel and bias gradients (`float32_weight_grad`,
+  `_promote_inputs_only`). A layer with a bias then returns float32 (its
+  bias added in float32): cast its output to `dtype`."""
+  if jnp.dtype(dtype) == jnp.float32 or not float32_weight_grads:
     return {}
   if dense:
     return {'promote_dtype': _promote_inputs_only,
@@ -171,6 +173,7 @@ class ConvBN(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
+  float32_weight_grads: bool = True  # under a lower dtype (low_precision_kwargs)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -179,7 +182,8 @@ class ConvBN(nn.Module):
                 (self.kernel_size, self.kernel_size), self.strides,
                 padding='SAME', feature_group_count=groups, use_bias=False,
                 kernel_init=KERNEL_INIT, dtype=self.dtype, name='conv',
-                **low_precision_kwargs(self.dtype))(x)
+                **low_precision_kwargs(
+                    self.dtype, float32_weight_grads=self.float32_weight_grads))(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
     return ACTIVATIONS[self.activation](x)
@@ -193,12 +197,14 @@ class SqueezeExcite(nn.Module):
   """
   squeeze_features: int
   dtype: Any = jnp.float32
+  float32_weight_grads: bool = True  # under a lower dtype (low_precision_kwargs)
 
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    low = low_precision_kwargs(self.dtype)
+    low = low_precision_kwargs(
+        self.dtype, float32_weight_grads=self.float32_weight_grads)
     s = nn.Conv(self.squeeze_features, (1, 1), dtype=self.dtype,
                 name='reduce', **low)(s).astype(self.dtype)
     s = nn.relu(s)

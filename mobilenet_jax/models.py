@@ -145,6 +145,7 @@ class MobileNet(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
+  float32_weight_grads: bool = True
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -155,10 +156,11 @@ class MobileNet(nn.Module):
                        f'{images.shape[1]}x{images.shape[2]}')
     op_set = ops_lib.get(self.ops)
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
+              dtype=self.dtype, float32_weight_grads=self.float32_weight_grads)
     x = images.astype(self.dtype)
     # Float32 kernel and bias gradients under a lower-precision dtype.
-    dense = low_precision_kwargs(self.dtype, dense=True)
+    dense = low_precision_kwargs(self.dtype, dense=True,
+                                 float32_weight_grads=self.float32_weight_grads)
     stride, features = 1, {}
     for layer in self.plan:
       args = dict(layer.args)
@@ -196,8 +198,8 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
                  expansion: float | None = None, dropout_rate: float = 0.2,
                  dtype: Any = jnp.float32, bn_momentum: float | None = None,
                  bn_epsilon: float = 1e-3, include_top: bool = True,
-                 features_only: bool = False,
-                 ops: str = 'auto') -> MobileNet:
+                 features_only: bool = False, ops: str = 'auto',
+                 float32_weight_grads: bool = True) -> MobileNet:
   """Builds a registry model, Keras-Applications style: every knob a keyword.
 
   Args:
@@ -218,6 +220,9 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       'cpu' (XLA:CPU kernels, the same variables and values) or 'auto'
       (resolved here: 'cpu' on the CPU backend, else 'reference'); see
       `mobilenet_jax.ops`.
+    float32_weight_grads: under a lower-precision dtype, compute kernel and
+      bias gradients in float32 (`layers.float32_weight_grad`, a custom
+      transpose); False: plain Flax layers (autodiff's gradients in `dtype`).
   """
   if name not in REGISTRY:
     raise ValueError(
@@ -245,7 +250,8 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       include_top=include_top, features_only=features_only,
       ops=ops,
       bn_momentum=arch.bn_momentum if bn_momentum is None else bn_momentum,
-      bn_epsilon=bn_epsilon, dtype=compute_dtype)
+      bn_epsilon=bn_epsilon, dtype=compute_dtype,
+      float32_weight_grads=float32_weight_grads)
 
 
 def input_resolution(rho: float = 1.0, base_resolution: int = 224) -> int:

@@ -4,10 +4,15 @@ Everything is driven by the `optim` ConfigDict; configs/default.py sets every
 field. Fields:
 
   name             'sgd' | 'rmsprop_tf' | 'adamw'.
-  learning_rate    peak learning rate for the GLOBAL batch (the config file
-                   applies any batch-size scaling rule).
+  learning_rate    peak learning rate: for the global batch, or, with
+                   `base_batch_size`, for a batch of that size.
+  base_batch_size  None, or the batch `learning_rate` is given for: the run
+                   uses learning_rate * global batch / base_batch_size (the
+                   linear scaling rule, Goyal et al. 2017, section 2.1).
   schedule         'cosine' | 'exponential' | 'constant'.
-  warmup_steps     linear warm-up from 0 to `learning_rate` (in steps).
+  warmup_steps     linear warm-up from 0 to the peak, in steps ...
+  warmup_epochs    ... or in epochs: int(warmup_epochs * steps_per_epoch)
+                   steps. Exactly one of the two is set (not None).
   weight_decay     sgd / rmsprop_tf: coupled L2, grad += wd * param
                    (TF recipes' `wd * sum(tf.nn.l2_loss(w))`; Keras'
                    `regularizers.l2(c)` is wd = 2c). adamw: decoupled,
@@ -22,6 +27,10 @@ field. Fields:
   nesterov         Nesterov momentum (sgd only).
   decay_rate       exponential: lr * decay_rate ** floor(step / n) ...
   decay_epochs     ... with n = int(decay_epochs * steps_per_epoch).
+
+The fields are resolved into steps and a rate (`resolve_schedule`) inside the
+training loop, from the final global batch and the dataset's size, so that an
+override of the batch size scales the learning rate and the warm-up.
   rmsprop_decay    rmsprop_tf: decay of the squared-gradient average.
   rmsprop_epsilon  rmsprop_tf: epsilon inside the square root (TF Model
                    Garden's MobileNet recipes: 0.002; the MnasNet/EfficientNet
@@ -66,40 +75,78 @@ def _with_warmup(schedule: optax.Schedule, peak: float,
   return warmed_up
 
 
-def create_learning_rate_schedule(optim_config, num_train_steps: int,
-                                  steps_per_epoch: int | None = None
-                                  ) -> optax.Schedule:
-  """The learning rate as a function of the step (0-based).
+def resolve_schedule(optim_config, *, num_train_steps: int,
+                     steps_per_epoch: int | None = None,
+                     batch_size: int | None = None) -> dict:
+  """The schedule's numbers for a run of `num_train_steps` steps of global
+  batch `batch_size` (`steps_per_epoch` of them per epoch):
 
-  All schedules warm up linearly, lr * step / warmup_steps, then:
-    cosine:      lr * (1 + cos(pi * (step - w) / (T - w))) / 2, 0 from step
-                 T = num_train_steps on (Loshchilov & Hutter, SGDR, eq. 5
-                 without restarts); the cosine starts after the warm-up.
-    exponential: lr * decay_rate ** floor(step / n), n = int(decay_epochs *
-                 steps_per_epoch) (staircase: the papers' step decay every
-                 few epochs), counted from step 0, not from the end of the
-                 warm-up, as TF's `exponential_decay(global_step)` is.
-    constant:    lr.
+    learning_rate  learning_rate * batch_size / base_batch_size, or
+                   learning_rate when base_batch_size is None;
+    warmup_steps   warmup_steps, or int(warmup_epochs * steps_per_epoch);
+    decay_steps    exponential: int(decay_epochs * steps_per_epoch) (at
+                   least 1), the staircase period; None otherwise.
+
+  Whole steps per epoch (TF Model Garden's rule: its MobileNet recipes warm
+  up for 5 * (1281167 // 4096) = 1560 steps at batch 4096).
   """
   check_optim_config(optim_config)
+  c = optim_config
   if not (_is_int(num_train_steps) and num_train_steps > 0):
     raise ValueError(
         f'num_train_steps must be a positive int, got {num_train_steps!r}')
-  lr, warmup = optim_config.learning_rate, optim_config.warmup_steps
+  needs_epochs = c.warmup_epochs is not None or c.schedule == 'exponential'
+  if needs_epochs and not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
+    raise ValueError('steps_per_epoch must be a positive int for '
+                     "optim.warmup_epochs or optim.schedule='exponential', "
+                     f'got {steps_per_epoch!r}')
+  lr = c.learning_rate
+  if c.base_batch_size is not None:
+    if not (_is_int(batch_size) and batch_size > 0):
+      raise ValueError('batch_size must be a positive int with '
+                       f'optim.base_batch_size, got {batch_size!r}')
+    lr = c.learning_rate * batch_size / c.base_batch_size
+  warmup = c.warmup_steps
+  if c.warmup_epochs is not None:
+    warmup = int(c.warmup_epochs * steps_per_epoch)
+  decay_steps = None
+  if c.schedule == 'exponential':
+    decay_steps = max(1, int(c.decay_epochs * steps_per_epoch))
+  return {'learning_rate': lr, 'warmup_steps': warmup,
+          'decay_steps': decay_steps}
+
+
+def create_learning_rate_schedule(optim_config, num_train_steps: int,
+                                  steps_per_epoch: int | None = None,
+                                  batch_size: int | None = None
+                                  ) -> optax.Schedule:
+  """The learning rate as a function of the step (0-based), with the peak
+  lr and the warm-up w of `resolve_schedule`.
+
+  All schedules warm up linearly, lr * step / w, then:
+    cosine:      lr * (1 + cos(pi * (step - w) / (T - w))) / 2, 0 from step
+                 T = num_train_steps on (Loshchilov & Hutter, SGDR, eq. 5
+                 without restarts); the cosine starts after the warm-up.
+    exponential: lr * decay_rate ** floor(step / n), n = decay_steps
+                 (staircase: the papers' step decay every few epochs),
+                 counted from step 0, not from the end of the warm-up, as
+                 TF's `exponential_decay(global_step)` is.
+    constant:    lr.
+  """
+  resolved = resolve_schedule(optim_config, num_train_steps=num_train_steps,
+                              steps_per_epoch=steps_per_epoch,
+                              batch_size=batch_size)
+  lr, warmup = resolved['learning_rate'], resolved['warmup_steps']
   if warmup >= num_train_steps:
-    raise ValueError(f'optim.warmup_steps must be < num_train_steps '
-                     f'({num_train_steps}), got {warmup}')
+    raise ValueError(f'the warm-up ({warmup} steps) must be shorter than '
+                     f'num_train_steps ({num_train_steps})')
   if optim_config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup,
         decay_steps=num_train_steps, end_value=0.0)
   if optim_config.schedule == 'exponential':
-    if not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
-      raise ValueError('steps_per_epoch must be a positive int for '
-                       f"optim.schedule='exponential', got {steps_per_epoch!r}")
-    decay_steps = max(1, int(optim_config.decay_epochs * steps_per_epoch))
     decay = optax.exponential_decay(
-        init_value=lr, transition_steps=decay_steps,
+        init_value=lr, transition_steps=resolved['decay_steps'],
         decay_rate=optim_config.decay_rate, staircase=True)
     return _with_warmup(decay, lr, warmup)
   return _with_warmup(optax.constant_schedule(lr), lr, warmup)
@@ -136,7 +183,8 @@ def weight_decay_mask(params, *, decay_depthwise: bool):
 
 
 def create_optimizer(optim_config, num_train_steps: int, params, *,
-                     steps_per_epoch: int | None = None, trainable_mask=None
+                     steps_per_epoch: int | None = None,
+                     batch_size: int | None = None, trainable_mask=None
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optax optimizer of `optim_config` and its learning-rate schedule.
 
@@ -156,12 +204,13 @@ def create_optimizer(optim_config, num_train_steps: int, params, *,
     optim_config: the `optim` ConfigDict (see the module docstring).
     num_train_steps: total number of training steps.
     params: the parameter pytree (arrays or ShapeDtypeStructs), for the masks.
-    steps_per_epoch: needed by the exponential schedule.
+    steps_per_epoch: needed by the exponential schedule and warmup_epochs.
+    batch_size: the global batch; needed with optim.base_batch_size.
     trainable_mask: optional pytree of bools like `params`; False leaves are
       frozen: their updates are zero and they get no optimizer state.
   """
   schedule = create_learning_rate_schedule(optim_config, num_train_steps,
-                                           steps_per_epoch)
+                                           steps_per_epoch, batch_size)
   c = optim_config
   decay_mask = weight_decay_mask(params, decay_depthwise=c.decay_depthwise)
   decay = (optax.add_decayed_weights(c.weight_decay, decay_mask)

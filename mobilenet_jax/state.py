@@ -68,7 +68,8 @@ def model_from_config(model_config: ml_collections.ConfigDict,
       dropout_rate=model_config.dropout_rate,
       dtype=model_config.dtype,
       bn_momentum=model_config.get('bn_momentum'),
-      ops=model_config.get('ops', 'auto'))
+      ops=model_config.get('ops', 'auto'),
+      float32_weight_grads=model_config.get('float32_weight_grads', True))
 
 
 def init_variables(model: nn.Module, rng: jax.Array, resolution: int):
@@ -106,12 +107,22 @@ def trainable_mask(params, freeze_backbone: bool):
           for name, subtree in params.items()}
 
 
+def resolve_schedule(config: ml_collections.ConfigDict) -> dict:
+  """`optim.resolve_schedule` for the config's global batch; needs the
+  resolved `num_train_steps` and `steps_per_epoch`."""
+  return optim.resolve_schedule(
+      config.optim, num_train_steps=config.num_train_steps,
+      steps_per_epoch=config.get('steps_per_epoch'),
+      batch_size=config.batch_size)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, params):
   """The config's optimizer and schedule (`params` may be shapes only).
   Needs the resolved `num_train_steps` and `steps_per_epoch`."""
   return optim.create_optimizer(
       config.optim, config.num_train_steps, params,
       steps_per_epoch=config.get('steps_per_epoch'),
+      batch_size=config.batch_size,
       trainable_mask=trainable_mask(params, config.freeze_backbone))
 
 

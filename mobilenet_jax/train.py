@@ -7,6 +7,7 @@ steps; orbax checkpoints make a re-run of the same command resume where it
 stopped (SIGTERM saves and exits).
 """
 
+import collections
 import functools
 import signal
 import threading
@@ -106,12 +107,15 @@ def jit_train_step(config: ml_collections.ConfigDict, model, params, mesh):
 
 def resolve_config(config: ml_collections.ConfigDict,
                    info: data.DatasetInfo) -> ml_collections.ConfigDict:
-  """Checks the config and fills in what follows from it and the data:
-  `num_classes` (the dataset's), `steps_per_epoch`, `num_train_steps` (from
-  `num_epochs` if not set) and `eval_batch_size` (the batch size if not set);
-  a warm-up not shorter than the run is clamped to a tenth of it (with a
-  warning). Fails before compiling (the values `config_check` checks
-  first, in `main` before the heavy imports)."""
+  """Checks the config and fills in what follows from it and the data, after
+  every override: `num_classes` (the dataset's), `steps_per_epoch`,
+  `num_train_steps` (from `num_epochs` if not set), `eval_batch_size` (the
+  batch size if not set) and `schedule`, the learning rate, warm-up and
+  decay steps the run uses (`optim.resolve_schedule`: a base rate scaled to
+  the global batch, epochs counted in this batch's steps); the `optim`
+  fields stay as given. A warm-up not shorter than the run is clamped to a
+  tenth of it (with a warning). Fails before compiling (the values
+  `config_check` checks first, in `main` before the heavy imports)."""
   config_check.check_config(config)
   config = ml_collections.ConfigDict(config.to_dict())
   config.num_classes = info.num_classes
@@ -125,14 +129,30 @@ def resolve_config(config: ml_collections.ConfigDict,
     if config.get('num_epochs', 0) <= 0:
       raise ValueError('set num_train_steps or num_epochs (> 0)')
     config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
-  if config.optim.warmup_steps >= config.num_train_steps:
+  schedule = state_lib.resolve_schedule(config)
+  if schedule['warmup_steps'] >= config.num_train_steps:
     clamped = config.num_train_steps // 10
-    logging.warning('optim.warmup_steps=%d is not shorter than the run '
-                    '(num_train_steps=%d): warm-up clamped to %d steps, a '
-                    'tenth of the run', config.optim.warmup_steps,
+    logging.warning('the warm-up (%d steps) is not shorter than the run '
+                    '(num_train_steps=%d): clamped to %d steps, a tenth of '
+                    'the run', schedule['warmup_steps'],
                     config.num_train_steps, clamped)
-    config.optim.warmup_steps = clamped
+    config.optim.warmup_steps, config.optim.warmup_epochs = clamped, None
+    schedule = state_lib.resolve_schedule(config)
+  config.schedule = schedule
   return config
+
+
+def describe_schedule(config: ml_collections.ConfigDict) -> str:
+  """'learning rate 0.064 (0.016 x 1024 / 256), warm-up 1560 steps (5
+  epochs), 1251 steps per epoch, 437842 steps' for a resolved config."""
+  o, s = config.optim, config.schedule
+  scaling = (f' ({o.learning_rate:g} x {config.batch_size} / '
+             f'{o.base_batch_size})' if o.base_batch_size else '')
+  epochs = (f' ({o.warmup_epochs:g} epochs)' if o.warmup_epochs is not None
+            else '')
+  return (f'learning rate {s.learning_rate:.6g}{scaling}, warm-up '
+          f'{s.warmup_steps} steps{epochs}, {config.steps_per_epoch} steps '
+          f'per epoch, {config.num_train_steps} steps')
 
 
 def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
@@ -201,6 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   parallel.check_shared_workdir(workdir)
   info = data.get_dataset_info(config.data)
   config = resolve_config(config, info)
+  logging.info('%s', describe_schedule(config))
   resolution = models.input_resolution(config.data.rho,
                                        config.data.base_resolution)
   mesh = parallel.create_mesh()
@@ -235,13 +256,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   step_fn = jit_train_step(config, model, abstract_state.params, mesh)
 
-  batches = data.create_train_iterator(
+  batches = device_prefetch(data.create_train_iterator(
       config.data, global_batch_size=config.batch_size,
-      resolution=resolution, seed=config.seed, start_step=start_step)
+      resolution=resolution, seed=config.seed, start_step=start_step), mesh)
   writer = writers.MetricsWriter(workdir)
   preemption = _Preemption()
   total = config.num_train_steps
   pending, window_start, window_steps = [], time.perf_counter(), 0
+  # The log window's wall time and the part of it spent in next(batches).
+  input_start, input_wait = window_start, 0.0
 
   def run_eval(step):
     variables = evaluation.evaluation_variables(state, use_ema)
@@ -256,7 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   try:
     for step in range(start_step + 1, total + 1):
-      batch = parallel.global_batch(next(batches), mesh)
+      waited_from = time.perf_counter()
+      batch = next(batches)
+      input_wait += time.perf_counter() - waited_from
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       if step == start_step + 1:
@@ -278,6 +303,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         _check_finite(stacked, step, manager.latest_step())
       if _every(step, config.log_every_steps) or is_last:
         means = {k: float(np.mean(v)) for k, v in stacked.items()}
+        means['input_wait'] = input_wait / (time.perf_counter() - input_start)
+        if means['input_wait'] > INPUT_WAIT_WARNING:
+          logging.warning('steps %d-%d waited for the input pipeline %.0f%% '
+                          'of the time: input-bound (docs/performance.md, '
+                          'bench --data)', step - len(pending) + 1, step,
+                          100 * means['input_wait'])
         timing = {}
         if window_steps:
           elapsed = time.perf_counter() - window_start
@@ -287,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         writer.write(step, means)
         writers.console_line(step, total, means, **timing)
         pending, window_start, window_steps = [], time.perf_counter(), 0
+        input_start, input_wait = window_start, 0.0
       if saves:
         checkpoint.save(manager, step, state)
       if preempted:
@@ -306,6 +338,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       checkpoint.close(manager)  # a failed save: CheckpointWriteError
     finally:
       writer.close()
+
+
+# A log window whose loop waited longer than this fraction of its wall time
+# for the next batch logs a warning.
+INPUT_WAIT_WARNING = 0.1
+
+
+def device_prefetch(host_batches, mesh, size: int = 2):
+  """The host batches as global arrays split over `data`, each put on the
+  devices `size` batches before the loop takes it, so that the host-to-
+  device copy overlaps the steps (flax's `prefetch_to_device` idea, with
+  the batch sharding in place of pmap's device list)."""
+  queue = collections.deque()
+  for local_batch in host_batches:
+    queue.append(parallel.global_batch(local_batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  yield from queue
 
 
 class NonFiniteMetricError(ValueError):

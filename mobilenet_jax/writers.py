@@ -43,17 +43,19 @@ class MetricsWriter:
 def console_line(step: int, total: int, metrics: dict,
                  img_per_sec: float | None = None,
                  seconds_left: float | None = None) -> None:
-  """'step 120/1500  loss 1.234  top1 0.500  lr 0.01  380 img/s  ETA 3m05s';
-  without a timing (no compiled step timed yet) 'img/s and ETA after the
-  first compiled steps' in its place."""
+  """'step 120/1500  loss 1.234  top1 0.500  lr 0.01  380 img/s  ETA 3m05s
+  input wait 2%'; without a timing (no compiled step timed yet) 'img/s and
+  ETA after the first compiled steps' in its place. The input wait is the
+  window's fraction of wall time spent waiting for the next batch."""
   if img_per_sec is None:
     timing = 'img/s and ETA after the first compiled steps'
   else:
     timing = (f'{img_per_sec:.0f} img/s  ETA {int(seconds_left // 60)}m'
               f'{int(seconds_left % 60):02d}s')
-  logging.info('step %d/%d  loss %.4f  top1 %.3f  lr %.4g  %s', step, total,
-               metrics['loss'], metrics['top1'], metrics['learning_rate'],
-               timing)
+  logging.info('step %d/%d  loss %.4f  top1 %.3f  lr %.4g  %s  input wait '
+               '%.0f%%', step, total, metrics['loss'], metrics['top1'],
+               metrics['learning_rate'], timing,
+               100 * metrics['input_wait'])
 
 
 def _not_orbax_info(record: std_logging.LogRecord) -> bool:

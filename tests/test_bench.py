@@ -27,3 +27,22 @@ def test_bench_rejects_an_unknown_model():
   result = run_module('mobilenet_jax.bench', '--model=resnet50', '--json')
   assert result.returncode != 0
   assert 'model name must be one of' in result.stderr
+
+
+def test_bench_data_on_a_folder_of_jpegs_reports_cpu_per_image(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mobilenet_jax import bench  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for label in ('a', 'b'):
+    (tmp_path / 'train' / label).mkdir(parents=True)
+    for i in range(4):
+      image = rng.integers(0, 256, (60, 80, 3), np.uint8)
+      tf.io.write_file(str(tmp_path / 'train' / label / f'{i}.jpg'),
+                       tf.io.encode_jpeg(image))
+  report = bench.benchmark_data(f'folder:{tmp_path}', resolution=32,
+                                batch_size=4, steps=5, warmup=1)
+  assert report['resolution'] == 32 and report['antialias'] is False
+  assert abs(report['img_per_sec'] - 4 / (report['step_ms_median'] / 1000)) < (
+      1e-6 * report['img_per_sec'] + 1e-3)
+  assert report['cpu_ms_per_image'] > 0 and report['cores_busy'] > 0

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mobilenet_jax import blocks
 from mobilenet_jax import layers
 from mobilenet_jax import models
+from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import optim
 from mobilenet_jax.cpu import batch_norm
 from mobilenet_jax.cpu import dots
@@ -165,12 +167,19 @@ def _assert_close_trees(got, want, what):
     pytest.param(False, id='eval')])
 @pytest.mark.parametrize('name', FAMILIES)
 def test_cpu_op_set_equals_reference(name, train):
-  images = jnp.asarray(np.random.default_rng(3).normal(
-      size=(4, 40, 40, 3)), jnp.float32)
-  labels = jnp.arange(4) % NUM_CLASSES
   reference, cpu = (models.create_model(name, alpha=0.35,
                                         num_classes=NUM_CLASSES, ops=ops)
                     for ops in ('reference', 'cpu'))
+  _assert_op_sets_agree(reference, cpu, 40, train)
+
+
+def _assert_op_sets_agree(reference, cpu, size: int, train: bool):
+  """The same variables (random, `_random_variables`) in `reference` and
+  `cpu` give the same loss, BatchNorm statistics and gradients on 4 random
+  images of `size` px."""
+  images = jnp.asarray(np.random.default_rng(3).normal(
+      size=(4, size, size, 3)), jnp.float32)
+  labels = jnp.arange(4) % NUM_CLASSES
   variables = _random_variables(reference, images)
   assert (jax.tree.structure(cpu.init(jax.random.key(0), images))
           == jax.tree.structure(variables))
@@ -179,3 +188,29 @@ def test_cpu_op_set_equals_reference(name, train):
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
   _assert_close_trees(got[1], want[1], 'batch_stats')
   _assert_close_trees(got[2], want[2], 'gradient')
+
+
+class _TinyNet(nn.Module):
+  """Every kind of layer of the families, once, in a few small layers: a
+  stride-2 stem, V3's inverted residual (5x5 depthwise, stride 2, SE,
+  hard-swish), V2's with a shortcut, V1's separable pair, the pooled head."""
+  ops: str
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    op_set = ops_lib.OP_SETS[self.ops]
+    x = op_set.conv_bn(8, 3, 2, 'hard_swish', depthwise=False, name='stem',
+                       bn_momentum=0.9, bn_epsilon=1e-3,
+                       dtype=jnp.float32)(x, train)
+    x = blocks.InvertedResidual(24, 16, kernel_size=5, strides=2,
+                                activation='hard_swish', se_features=8,
+                                ops=op_set)(x, train)
+    x = blocks.InvertedResidual(32, 16, ops=op_set)(x, train)
+    x = blocks.DepthwiseSeparable(24, strides=2, ops=op_set)(x, train)
+    return nn.Dense(NUM_CLASSES)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_cpu_op_set_equals_reference_in_a_tiny_training_step():
+  # The fast suite's training-mode check (the one above, every family, is
+  # slow): one training-mode loss, BatchNorm statistics and gradient.
+  _assert_op_sets_agree(_TinyNet('reference'), _TinyNet('cpu'), 24, True)

@@ -268,6 +268,27 @@ def test_eval_center_crop_takes_the_middle(data_dir):
   assert {image.tobytes() for image in batch['image']} == expected
 
 
+def test_resizing_is_antialiased_only_with_data_antialias(tmp_path):
+  # Noise at 64 px shrunk to 8 px. Plain bilinear (half-pixel centres) reads
+  # output pixel (i, j) at input (8i + 3.5, 8j + 3.5): the mean of the 2x2
+  # pixels there. Antialiased, it averages a wider window: smoother.
+  image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+  os.makedirs(tmp_path / 'val' / 'noise')
+  tf.io.write_file(str(tmp_path / 'val' / 'noise' / '0.png'),
+                   tf.io.encode_png(image))
+  resized = {}
+  for antialias in (False, True):
+    config = make_config(None, dataset=f'folder:{tmp_path}', eval_split='val',
+                         train_split='val', eval_crop_fraction=1.0,
+                         antialias=antialias)
+    resized[antialias] = next(data.create_eval_iterator(
+        config, global_batch_size=1, resolution=8))['image'][0]
+  centres = image.astype(np.float64).reshape(8, 8, 8, 8, 3)[:, 3:5, :, 3:5]
+  np.testing.assert_allclose(resized[False], centres.mean(axis=(1, 3)),
+                             atol=0.5 + 1e-6)
+  assert resized[True].std() < 0.5 * resized[False].std()
+
+
 # Normalisation (on the device in the steps, on the host for LiteRT).
 
 

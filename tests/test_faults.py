@@ -181,3 +181,49 @@ def test_an_unreadable_newest_checkpoint_is_set_aside(data_dir, tmp_path,
   assert (newest.parent / '4.unreadable').is_dir()
   manager = checkpoint.create_manager(str(tmp_path), read_only=True)
   assert manager.all_steps() == [2, 4, 6]  # step 4 saved again
+
+
+def _truncated_checkpoints(directory, which):
+  """Checkpoints 1 and 2 of a small state, then the files of step 2 that
+  `which` selects cut to half their size (a full disk, a killed copy)."""
+  state = {'params': {'w': jax.numpy.arange(1000.0),
+                      'b': jax.numpy.ones(3)}, 'step': jax.numpy.int32(0)}
+  manager = checkpoint.create_manager(str(directory))
+  for step in (1, 2):
+    checkpoint.save(manager, step, state)
+    manager.wait_until_finished()
+  manager.close()
+  files = [p for p in (directory / checkpoint.CHECKPOINT_SUBDIR / '2').rglob(
+      '*') if p.is_file() and which(p)]
+  assert files
+  for path in files:
+    with open(path, 'r+b') as f:
+      f.truncate(path.stat().st_size // 2)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      state)
+
+
+@pytest.mark.parametrize('which', [
+    pytest.param(lambda p: True, id='every file'),
+    pytest.param(lambda p: p.name == '_CHECKPOINT_METADATA',
+                 id='_CHECKPOINT_METADATA'),
+    pytest.param(lambda p: p.name == '_METADATA', id='item _METADATA'),
+    pytest.param(lambda p: p.parent.name == 'd', id='arrays'),
+])
+def test_a_truncated_newest_checkpoint_is_corrupt_not_another_models(
+    tmp_path, which):
+  abstract = _truncated_checkpoints(tmp_path, which)
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.check_fits(manager, 2, abstract)  # no "another model" error
+  step, state = checkpoint.restore_latest(manager, abstract)
+  assert step == 1
+  np.testing.assert_array_equal(state['params']['w'], np.arange(1000.0))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == [
+      '1', '2.unreadable']
+  # Readable metadata of other arrays is still another model's.
+  other = {'params': {'w': abstract['params']['w']}, 'step': abstract['step']}
+  with pytest.raises(ValueError, match=r'\(saved by another model or '
+                                       r'optimizer\): 1 arrays only in the'):
+    checkpoint.check_fits(manager, 1, other)

@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
 import numpy as np
+import optax
 import pytest
 
 from mobilenet_jax import layers
+from mobilenet_jax import models
 from mobilenet_jax import ops
 from mobilenet_jax.cpu import depthwise
 from mobilenet_jax.cpu import layers as cpu_layers
@@ -513,3 +515,46 @@ def test_bfloat16_model_computes_every_parameter_gradient_in_float32(dtype):
   for eqn in convs:
     if eqn not in weight_grads:
       assert eqn.outvars[0].aval.dtype == jnp.bfloat16
+
+
+@pytest.mark.slow
+def test_float32_weight_grads_false_is_plain_flax_and_both_track_float32():
+  # A tiny V3-Small (squeeze-excite convolutions with biases, the head's and
+  # the classifier's dense layers) in bfloat16: with float32_weight_grads the
+  # custom transpose; without, plain Flax autodiff. Both gradients are close
+  # to the float32 model's (bfloat16 keeps 8 bits of mantissa).
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
+                       jnp.float32)
+  labels = jnp.asarray([0, 1])
+
+  def model(dtype, float32_weight_grads=True):
+    return models.create_model(
+        'mobilenet_v3_small', alpha=0.35, num_classes=4, dropout_rate=0.0,
+        dtype=dtype, ops='reference',
+        float32_weight_grads=float32_weight_grads)
+
+  variables = model('float32').init(jax.random.key(0), images)
+
+  def grad_fn(net):
+    def loss(params):
+      logits = net.apply({**variables, 'params': params}, images)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+    return jax.grad(loss)
+
+  def has_custom_vjp(net):
+    text = str(jax.make_jaxpr(net.apply)(variables, images))
+    return 'custom_vjp' in text
+
+  assert has_custom_vjp(model('bfloat16', True))
+  assert not has_custom_vjp(model('bfloat16', False))
+  want = jax.jit(grad_fn(model('float32')))(variables['params'])
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(want))
+  for flag in (True, False):
+    got = jax.jit(grad_fn(model('bfloat16', flag)))(variables['params'])
+    assert jax.tree.map(lambda g: g.dtype, got) == jax.tree.map(
+        lambda g: g.dtype, want)  # float32, like the parameters
+    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want),
+                            jax.tree.leaves(got)):
+      np.testing.assert_allclose(g, w, atol=0.05 * scale,
+                                 err_msg=f'{flag} {jax.tree_util.keystr(path)}')

@@ -108,6 +108,25 @@ def test_constant_schedule_with_warmup():
                              [0.0, 0.15, 0.3, 0.3], rtol=1e-6)
 
 
+def test_base_rate_and_warmup_epochs_resolve_for_the_global_batch():
+  # 0.1 per 256 images at batch 1024: 0.4 (the linear scaling rule); a
+  # warm-up of 2.5 epochs of 12 steps: int(30.0) = 30 steps.
+  config = make_config(schedule='constant', learning_rate=0.1,
+                       base_batch_size=256, warmup_steps=None,
+                       warmup_epochs=2.5)
+  assert optim.resolve_schedule(
+      config, num_train_steps=100, steps_per_epoch=12, batch_size=1024) == {
+          'learning_rate': 0.4, 'warmup_steps': 30, 'decay_steps': None}
+  schedule = optim.create_learning_rate_schedule(config, 100, 12, 1024)
+  np.testing.assert_allclose([schedule(s) for s in (0, 15, 30, 99)],
+                             [0.0, 0.2, 0.4, 0.4], rtol=1e-6)
+  # Without a base batch the rate is the global batch's, whatever its size.
+  absolute = make_config(schedule='constant', learning_rate=0.1)
+  for batch in (None, 64, 4096):
+    assert optim.resolve_schedule(
+        absolute, num_train_steps=100, batch_size=batch)['learning_rate'] == 0.1
+
+
 # ------------------------------------------------------------ optimizers ---
 
 
@@ -374,6 +393,13 @@ def test_ema_decay_warmup_is_tf_style():
     ('decay_epochs', 0.0, r'optim\.decay_epochs must be > 0'),
     ('rmsprop_epsilon', 0.0, r'optim\.rmsprop_epsilon must be > 0'),
     ('grad_clip_norm', -1.0, r'optim\.grad_clip_norm must be >= 0'),
+    ('base_batch_size', 0, r'optim\.base_batch_size must be an int > 0 or '
+                           r'None, got 0'),
+    ('warmup_epochs', -1.0, r'optim\.warmup_epochs must be >= 0 or None'),
+    ('warmup_epochs', 2.0, r'set exactly one of optim\.warmup_steps and '
+                           r'optim\.warmup_epochs, got 0 and 2\.0'),
+    ('warmup_steps', None, r'set exactly one of optim\.warmup_steps and '
+                           r'optim\.warmup_epochs, got None and None'),
 ])
 def test_bad_config_fields_raise(field, value, message):
   config = make_config()
@@ -390,10 +416,16 @@ def test_bad_schedule_arguments_raise():
   with pytest.raises(ValueError, match='steps_per_epoch must be a positive'):
     optim.create_learning_rate_schedule(
         make_config(schedule='exponential'), 100)
-  with pytest.raises(ValueError, match=r'optim\.warmup_steps must be < '
-                                       r'num_train_steps \(100\)'):
+  with pytest.raises(ValueError, match=r'the warm-up \(100 steps\) must be '
+                                       r'shorter than num_train_steps \(100\)'):
     optim.create_learning_rate_schedule(
         make_config(schedule='cosine', warmup_steps=100), 100)
+  with pytest.raises(ValueError, match='batch_size must be a positive int '
+                                       'with optim.base_batch_size'):
+    optim.create_learning_rate_schedule(make_config(base_batch_size=256), 100)
+  with pytest.raises(ValueError, match='steps_per_epoch must be a positive'):
+    optim.create_learning_rate_schedule(
+        make_config(warmup_steps=None, warmup_epochs=1.0), 100)
 
 
 def test_bad_loss_arguments_raise():

@@ -75,6 +75,52 @@ def test_one_train_step_per_family_on_mock_data(name, tmp_path):
   assert saved == result
 
 
+def test_a_tiny_run_trains_checkpoints_evaluates_and_writes_its_result(
+    data_dir, tmp_path, caplog, monkeypatch):
+  # The fast suite's whole loop: any break before the final result fails it.
+  # 0.00125 per 2 images at batch 8: 0.005; 200 examples / 8 = 25 steps per
+  # epoch, so 0.08 warm-up epochs are 2 steps.
+  create_train_iterator = train.data.create_train_iterator
+
+  def slow_input(*args, **kwargs):  # a host pipeline of 0.3 s per batch
+    for batch in create_train_iterator(*args, **kwargs):
+      time.sleep(0.3)
+      yield batch
+  monkeypatch.setattr(train.data, 'create_train_iterator', slow_input)
+  config = tiny_config(data_dir, num_train_steps=4, log_every_steps=2,
+                       checkpoint_every_steps=2, **{
+                           'optim.learning_rate': 0.00125,
+                           'optim.base_batch_size': 2,
+                           'optim.warmup_steps': None,
+                           'optim.warmup_epochs': 0.08})
+  caplog.set_level('INFO')
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert ('learning rate 0.005 (0.00125 x 8 / 2), warm-up 2 steps (0.08 '
+          'epochs), 25 steps per epoch, 4 steps') in caplog.messages
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['optim']['learning_rate'] == 0.00125
+  assert saved['schedule'] == {'learning_rate': 0.005, 'warmup_steps': 2,
+                               'decay_steps': None}
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_rows = [r for r in rows if r['split'] == 'train']
+  assert [r['step'] for r in train_rows] == [2, 4]
+  assert all(np.isfinite(r['loss']) for r in train_rows)
+  # Steps 1-2 run at lr 0 and 0.0025 (the warm-up), steps 3-4 at 0.005.
+  np.testing.assert_allclose([r['learning_rate'] for r in train_rows],
+                             [0.00125, 0.005], rtol=1e-6)
+  # Steps 3-4 ran compiled in milliseconds and waited 0.6 s for input.
+  assert 0 <= train_rows[0]['input_wait'] <= 1
+  assert 0.5 < train_rows[1]['input_wait'] <= 1
+  assert any(m.startswith('steps 3-4 waited for the input pipeline')
+             for m in caplog.messages)
+  manager = checkpoint.create_manager(str(tmp_path), read_only=True)
+  assert list(manager.all_steps()) == [2, 4]
+  assert result['step'] == 4 and result['num_examples'] == 75
+  assert result['checkpoint'] == checkpoint.checkpoint_path(str(tmp_path), 4)
+  assert json.loads((tmp_path / 'eval' / 'step_4.json').read_text()) == result
+  assert int(restored_state(str(tmp_path)).step) == 4
+
+
 @pytest.mark.slow
 def test_loss_decreases_and_eval_counts_every_example(data_dir, tmp_path):
   # 16 training examples, so that 60 steps must fit them (learning, not
@@ -113,6 +159,39 @@ def test_evaluate_reproduces_training_final_eval(data_dir, tmp_path,
   at_3 = json.loads((workdir / 'eval' / 'step_3.test.raw.json').read_text())
   assert at_3['step'] == 3 and at_3['ema'] is False
   assert json.loads((workdir / 'eval' / 'step_6.json').read_text()) == final
+
+
+def test_evaluation_overrides_name_their_own_result_file():
+  config = default.get_config()  # eval_split 'test', no EMA
+  assert checkpoint.result_variant(config, False) == ''
+  assert checkpoint.result_variant(
+      config, False, overrides={'data.rho': 0.857, 'eval_batch_size': 5}) == (
+          'test.raw.eval_batch_size-5.rho-0-857')
+  with pytest.raises(ValueError, match=r"an evaluation override must be one "
+                                       r"of \['data.rho', "):
+    evaluation.Evaluator('unused', overrides={'model.alpha': 1.0})
+
+
+@pytest.mark.slow
+def test_evaluate_with_config_overrides_writes_beside_the_runs_result(
+    data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  final = train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+  own = (workdir / 'eval' / 'step_6.json').read_text()
+  # At 40 px, batch 5: the test split's 75 images, into a file of its own.
+  evaluator = evaluation.Evaluator(
+      str(workdir), overrides={'data.rho': 1.25, 'eval_batch_size': 5})
+  assert (evaluator.resolution, evaluator.config.eval_batch_size) == (40, 5)
+  at_40 = evaluator.evaluate(6)
+  assert at_40['num_examples'] == 75 and at_40['step'] == final['step']
+  assert json.loads((workdir / 'eval' / 'step_6.test.raw.eval_batch_size-5.'
+                     'rho-1-25.json').read_text()) == at_40
+  run_subprocess([sys.executable, '-m', 'mobilenet_jax.evaluate',
+                  f'--workdir={workdir}', '--config.data.eval_crop_fraction=0.5'])
+  half = json.loads((workdir / 'eval' / 'step_6.test.raw.eval_crop_fraction-'
+                     '0-5.json').read_text())
+  assert half['num_examples'] == 75 and half['step'] == 6
+  assert (workdir / 'eval' / 'step_6.json').read_text() == own
 
 
 @pytest.mark.slow
