@@ -21,6 +21,7 @@ import ml_collections
 import optax
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import data
 from mobilenet_jax import models
 from mobilenet_jax import parallel
@@ -93,12 +94,13 @@ def write_result(workdir: str, result: dict, variant: str = '',
 
 
 def evaluation_variables(state, use_ema: bool) -> dict:
-  """{'params', 'batch_stats'} to evaluate: the state's EMA (a ValueError if
+  """{'params', 'batch_stats'} to evaluate: the state's EMA (a ConfigError if
   the run kept none) or its own variables."""
   if use_ema:
     if state.ema is None:
-      raise ValueError('use_ema is true but this run kept no EMA weights '
-                       '(optim.ema_decay = 0)')
+      raise config_check.ConfigError(
+          'use_ema is true but this run kept no EMA weights '
+          '(optim.ema_decay = 0)')
     return state_lib.unravel_variables(state.ema, state.params,
                                        state.batch_stats)
   return {'params': state.params, 'batch_stats': state.batch_stats}

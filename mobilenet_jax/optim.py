@@ -45,7 +45,7 @@ from mobilenet_jax import config_check
 OPTIMIZERS = config_check.OPTIMIZERS
 SCHEDULES = config_check.SCHEDULES
 FIELDS = config_check.OPTIM_FIELDS  # every `optim` field (documented above)
-# Raises ValueError naming the first missing or invalid `optim` field.
+# Raises ConfigError naming the first missing or invalid `optim` field.
 check_optim_config = config_check.check_optim_config
 
 
@@ -83,20 +83,22 @@ def create_learning_rate_schedule(optim_config, num_train_steps: int,
   """
   check_optim_config(optim_config)
   if not (_is_int(num_train_steps) and num_train_steps > 0):
-    raise ValueError(
+    raise config_check.ConfigError(
         f'num_train_steps must be a positive int, got {num_train_steps!r}')
   lr, warmup = optim_config.learning_rate, optim_config.warmup_steps
   if warmup >= num_train_steps:
-    raise ValueError(f'optim.warmup_steps must be < num_train_steps '
-                     f'({num_train_steps}), got {warmup}')
+    raise config_check.ConfigError(
+        f'optim.warmup_steps must be < num_train_steps '
+        f'({num_train_steps}), got {warmup}')
   if optim_config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup,
         decay_steps=num_train_steps, end_value=0.0)
   if optim_config.schedule == 'exponential':
     if not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
-      raise ValueError('steps_per_epoch must be a positive int for '
-                       f"optim.schedule='exponential', got {steps_per_epoch!r}")
+      raise config_check.ConfigError(
+          'steps_per_epoch must be a positive int for '
+          f"optim.schedule='exponential', got {steps_per_epoch!r}")
     decay_steps = max(1, int(optim_config.decay_epochs * steps_per_epoch))
     decay = optax.exponential_decay(
         init_value=lr, transition_steps=decay_steps,

@@ -20,6 +20,7 @@ from etils import epath
 import ml_collections
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import costs
 from mobilenet_jax import hyper
 from mobilenet_jax import models
@@ -80,7 +81,7 @@ def collect(workdir: str) -> list[Row]:
   sweep order. Params and MACs are filled in once training has started
   (its resolved config.json records the dataset's classes)."""
   if not epath.Path(workdir).is_dir():
-    raise ValueError(f'sweep directory not found: {workdir!r}')
+    raise config_check.ConfigError(f'sweep directory not found: {workdir!r}')
   records = []
   for run_dir in epath.Path(workdir).iterdir():
     record = sweep_runs.read_json(run_dir / sweep_runs.RUN_FILE)
@@ -282,8 +283,9 @@ def summarize(workdir: str) -> list[Row]:
   rows."""
   rows = collect(workdir)
   if not rows:
-    raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
-                     f'in {workdir!r}')
+    raise config_check.ConfigError(
+        f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
+        f'in {workdir!r}')
   keys = sweep_runs.swept_keys([row.overrides for row in rows])
   path = epath.Path(workdir)
   (path / 'results.csv').write_text(results_csv(rows, keys))

@@ -122,7 +122,7 @@ def resolve_config(config: ml_collections.ConfigDict,
   config.steps_per_epoch = max(1, train_examples // config.batch_size)
   if config.get('num_train_steps', 0) <= 0:
     if config.get('num_epochs', 0) <= 0:
-      raise ValueError('set num_train_steps or num_epochs (> 0)')
+      raise config_check.ConfigError('set num_train_steps or num_epochs (> 0)')
     config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
   if config.optim.warmup_steps >= config.num_train_steps:
     clamped = config.num_train_steps // 10
@@ -143,8 +143,9 @@ def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
   missing = [k for k in flat_new if k not in flat_old
              and '.'.join(k) not in fresh_names]
   if missing:
-    raise ValueError(f'init_from lacks {len(missing)} variables of this model '
-                     f'(first: {"/".join(missing[0])}); is model.name right?')
+    raise config_check.ConfigError(
+        f'init_from lacks {len(missing)} variables of this model '
+        f'(first: {"/".join(missing[0])}); is model.name right?')
   merged = {}
   for key, value in flat_new.items():
     if '.'.join(key) in fresh_names:
@@ -196,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains (or resumes) in `workdir`; returns the final evaluation result
   (also written to WORKDIR/eval/step_<N>.json). Returns early with
   {'preempted': True, 'step': N} after a SIGTERM or a Ctrl-C. With several
-  processes, a workdir they do not share is a ValueError."""
+  processes, a workdir they do not share is a ConfigError."""
   parallel.check_shared_workdir(workdir)
   info = data.get_dataset_info(config.data)
   config = resolve_config(config, info)

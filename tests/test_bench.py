@@ -25,5 +25,5 @@ def test_bench_json_is_one_consistent_object():
 @pytest.mark.slow
 def test_bench_rejects_an_unknown_model():
   result = run_module('mobilenet_jax.bench', '--model=resnet50', '--json')
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert 'model name must be one of' in result.stderr

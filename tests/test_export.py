@@ -268,7 +268,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
 def test_export_command_reports_bad_input_in_one_line(tmp_path):
   result = run_module('mobilenet_jax.export', f'--source={tmp_path}',
                       f'--output={tmp_path}/m.tflite')
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: source: ')
   assert not os.listdir(tmp_path)
