@@ -689,8 +689,10 @@ def main(argv):
   if argv[1] == 'summarize':
     if len(argv) != 3:
       raise app.UsageError(_USAGE)
-    sweep_summary.summarize(argv[2])
-    print((epath.Path(argv[2]) / 'results.md').read_text(), end='')
+    rows = sweep_summary.summarize(argv[2])
+    path = epath.Path(argv[2])
+    print((path / 'results.md').read_text(), end='')
+    print(f'wrote {", ".join(sweep_summary.written_files(rows))} in {path}')
     return
   if len(argv) != 2:
     raise app.UsageError(f'unexpected arguments: {argv[2:]}')

@@ -12,6 +12,7 @@ finished sweep and on gs:// directories, and reads only what the runs wrote
 import csv
 import dataclasses
 import io
+import math
 import os
 import statistics
 from typing import Sequence
@@ -43,6 +44,7 @@ class Row:
   top5: float | None = None
   steps: int | None = None
   img_per_sec: float | None = None
+  dataset: str | None = None
   # {'float' / 'int8': sweep_runs.export_result_path's record}
   exports: dict = dataclasses.field(default_factory=dict)
 
@@ -103,6 +105,7 @@ def _row(record: dict, run_dir: epath.Path) -> Row:
     config = None
   if config is not None:
     row.resolution = _resolution(config)
+    row.dataset = config.data.dataset
   if started and row.resolution is not None:
     row.params, row.macs = (_model_costs(config, row.resolution)
                             or (None, None))
@@ -217,6 +220,7 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(figsize=(7, 5))
   for label, points in lines.items():
     xs, ys, notes = zip(*points)
@@ -230,6 +234,8 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
               transform=axes.transAxes)
   else:
     axes.set_xscale('log')
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+    axes.xaxis.set_minor_formatter(ticker.FuncFormatter(_plain_2_and_5))
     axes.legend(fontsize=8)
   axes.set_xlabel(xlabel)
   axes.set_ylabel('top-1 (%)')
@@ -241,6 +247,19 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
   return buffer.getvalue()
 
 
+def _plain(x: float, _=None) -> str:
+  """A log axis' tick label as a plain number ('200', '0.5'), not
+  matplotlib's '2x10^2'."""
+  return f'{x:g}'
+
+
+def _plain_2_and_5(x: float, _=None) -> str:
+  """Labels the minor ticks at 2 and 5 times a power of ten (enough to read
+  an axis that spans less than a decade), others blank."""
+  mantissa = round(x / 10**math.floor(math.log10(x)), 6) if x > 0 else 0
+  return _plain(x) if mantissa in (2, 5) else ''
+
+
 def _note(row: Row, fastest: str | None) -> str:
   if fastest in row.overrides:
     return sweep_runs.format_value(row.overrides[fastest])
@@ -250,6 +269,24 @@ def _note(row: Row, fastest: str | None) -> str:
 def _title(title: str, keys: Sequence[str]) -> str:
   return (title if not keys else
           f'{title} (points: {keys[-1].rsplit(".", 1)[-1]})')
+
+
+def plot_title(sweep: str, rows: Sequence[Row]) -> str:
+  """'SWEEP: DATASET, N steps': what a plot compares, on what; datasets and
+  step counts that differ between runs are listed ('100-300 steps')."""
+  datasets = sorted({row.dataset for row in rows if row.dataset})
+  steps = sorted({row.steps for row in rows if row.steps is not None})
+  parts = [', '.join(datasets) or 'no dataset yet']
+  if steps:
+    parts.append(f'{steps[0]} steps' if len(steps) == 1 else
+                 f'{steps[0]}-{steps[-1]} steps')
+  return f'{sweep}: {", ".join(parts)}'
+
+
+def written_files(rows: Sequence[Row]) -> list[str]:
+  """The files `summarize` writes for `rows`, in its sweep directory."""
+  return ['results.csv', 'results.md', 'tradeoff.png',
+          *(['tradeoff_latency.png'] if export_kinds(rows) else [])]
 
 
 def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
@@ -290,7 +327,7 @@ def summarize(workdir: str) -> list[Row]:
   path = epath.Path(workdir)
   (path / 'results.csv').write_text(results_csv(rows, keys))
   (path / 'results.md').write_text(results_markdown(rows, keys))
-  title = os.path.basename(workdir.rstrip('/'))
+  title = plot_title(os.path.basename(workdir.rstrip('/')), rows)
   (path / 'tradeoff.png').write_bytes(tradeoff_png(rows, keys, title))
   if export_kinds(rows):
     (path / 'tradeoff_latency.png').write_bytes(latency_png(rows, keys, title))
