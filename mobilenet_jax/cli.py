@@ -106,18 +106,19 @@ def quiet_libraries(verbosity: int) -> None:
     logging.get_absl_handler().addFilter(_keep_record)
 
 
-def _one_line_if_from_orbax(args, default_hook):
+def _one_line_unless_ours(args, default_hook):
   """threading.excepthook / sys.unraisablehook: a failed checkpoint save
-  fails in each of orbax's threads and tasks (a traceback per array) and is
-  reported once, as `checkpoint.CheckpointWriteError`; their copies are one
-  line each. Any other background exception keeps its traceback."""
+  fails in each of orbax's and tensorstore's threads and tasks (a traceback
+  per array) and is reported once, as `checkpoint.CheckpointWriteError`;
+  an exception raised in library code alone is one line. One that passed
+  through our code keeps its traceback."""
   frames = traceback.extract_tb(args.exc_traceback)
-  if any(f'{os.sep}orbax{os.sep}' in frame.filename for frame in frames):
-    message = (str(args.exc_value).strip().splitlines() or [''])[0][:300]
-    sys.stderr.write(f'error in the background: {args.exc_type.__name__}: '
-                     f'{message}\n')
-  else:
+  if any(frame.filename.startswith(OUR_CODE) for frame in frames):
     default_hook(args)
+    return
+  message = (str(args.exc_value).strip().splitlines() or [''])[0][:300]
+  sys.stderr.write(f'error in the background: {args.exc_type.__name__}: '
+                   f'{message}\n')
 
 
 def parse_flags(argv):
@@ -159,9 +160,9 @@ def run(main) -> None:
     # orbax's asyncio tasks log a failed save's traceback again when they
     # are collected; the failure is reported once (see below).
     std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
-    threading.excepthook = lambda args: _one_line_if_from_orbax(
+    threading.excepthook = lambda args: _one_line_unless_ours(
         args, threading.__excepthook__)
-    sys.unraisablehook = lambda args: _one_line_if_from_orbax(
+    sys.unraisablehook = lambda args: _one_line_unless_ours(
         args, sys.__unraisablehook__)
     try:
       return main(argv)

@@ -93,6 +93,19 @@ def write_result(workdir: str, result: dict, variant: str = '',
   return str(path)
 
 
+def read_result(workdir: str, step: int, variant: str = '') -> dict | None:
+  """WORKDIR/eval/step_<N>[.<variant>].json as `write_result` wrote it; None
+  where there is none."""
+  path = checkpoint.eval_result_path(workdir, step, variant)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def describe(result: dict) -> str:
+  """'top1 0.9520  top5 1.0000  loss 0.1234 (75 examples)'."""
+  return (f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss "
+          f"{result['loss']:.4f} ({result['num_examples']} examples)")
+
+
 def evaluation_variables(state, use_ema: bool) -> dict:
   """{'params', 'batch_stats'} to evaluate: the state's EMA (a ConfigError if
   the run kept none) or its own variables."""

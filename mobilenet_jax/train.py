@@ -222,6 +222,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # Another model's or optimizer's checkpoint: one line, in seconds.
     checkpoint.check_fits(manager, manager.latest_step(), abstract_state,
                           config)
+    finished = (manager.latest_step() >= config.num_train_steps and
+                evaluation.read_result(workdir, config.num_train_steps))
+    if finished:  # a rerun of a finished run: nothing to do, nothing written
+      logging.info('already finished at step %d: %s (%s)',
+                   config.num_train_steps, evaluation.describe(finished),
+                   checkpoint.eval_result_path(workdir,
+                                               config.num_train_steps))
+      checkpoint.close(manager)
+      return finished
     start_step, state = checkpoint.restore_latest(manager, abstract_state)
     logging.info('Resuming from %s', checkpoint.checkpoint_path(workdir,
                                                                 start_step))
@@ -248,9 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         model, variables, config.data, global_batch_size=config.eval_batch_size,
         resolution=resolution, num_classes=info.num_classes, mesh=mesh)
     writer.write(step, metrics, prefix='eval')
-    logging.info('eval at step %d: top1 %.4f  top5 %.4f  loss %.4f (%d '
-                 'examples)', step, metrics['top1'], metrics['top5'],
-                 metrics['loss'], metrics['num_examples'])
+    logging.info('eval at step %d: %s', step, evaluation.describe(metrics))
     return metrics
 
   try:

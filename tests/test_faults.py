@@ -83,6 +83,28 @@ def test_failed_launches_leave_the_workdir_as_it_was(data_dir, finished_run,
 
 
 @pytest.mark.slow
+def test_rerunning_a_finished_run_changes_no_file(data_dir, finished_run,
+                                                  tmp_path, caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)  # copy2: mtimes kept
+  stats = {path: os.stat(os.path.join(workdir, path)).st_mtime_ns
+           for path in _files(workdir)}
+  before = _files(workdir)
+  stored = json.loads((workdir / 'eval' / 'step_2.json').read_text())
+  with caplog.at_level('INFO'):
+    result = train.train_and_evaluate(
+        tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
+                    **EMA), str(workdir))
+  assert result == stored
+  assert _files(workdir) == before  # no file added, removed or changed
+  assert {path: os.stat(os.path.join(workdir, path)).st_mtime_ns
+          for path in before} == stats
+  assert any(record.getMessage().startswith(
+      f"already finished at step 2: top1 {stored['top1']:.4f}")
+             for record in caplog.records)
+
+
+@pytest.mark.slow
 def test_evaluations_of_other_settings_go_beside_trainings_result(
     finished_run, tmp_path):
   workdir = tmp_path / 'run'
