@@ -55,6 +55,8 @@ flags.DEFINE_enum('use_ema', None, ['true', 'false'], 'Evaluate the EMA '
                   'weights (default: when the run kept them).')
 flags.DEFINE_string('dataset', None, 'Override data.dataset.')
 flags.DEFINE_string('split', None, 'Override data.eval_split.')
+flags.DEFINE_bool('force', False, 'Evaluate a step again although its result '
+                  'is stored (into a new file step_<N>[.<variant>].<k>.json).')
 
 
 def main(argv):
@@ -91,7 +93,7 @@ def main(argv):
   else:
     todo = [steps[-1]]
   for step in todo:
-    print(json.dumps(evaluator.evaluate(step)))
+    print(json.dumps(evaluator.evaluate(step, force=FLAGS.force)))
 
 
 if __name__ == '__main__':

@@ -8,9 +8,14 @@ WORKDIR/eval/step_<N>.json = {"step", "top1", "top5", "loss",
 "num_examples", "ema", "checkpoint"} for the run's own split, dataset and
 EMA setting, and to WORKDIR/eval/step_<N>.<variant>.json
 (`checkpoint.result_variant`, plus "dataset" and "split") for any other.
+A step evaluated before with the same settings is not evaluated again: its
+stored result is read back, unless `force`, which evaluates it again into a
+new file, step_<N>[.<variant>].<k>.json (k = 2, 3, ...); nothing is
+rewritten.
 """
 
 import functools
+import itertools
 import json
 import time
 
@@ -148,7 +153,20 @@ class Evaluator:
     self.manager.reload()
     return list(self.manager.all_steps())
 
-  def evaluate(self, step: int) -> dict:
+  def evaluate(self, step: int, force: bool = False) -> dict:
+    """`step`'s result: the stored one where there is one (module
+    docstring), else a new evaluation, written."""
+    variant = self.variant
+    stored = read_result(self.workdir, step, variant)
+    if stored is not None and not force:
+      logging.info('step %d was evaluated before: %s (--force evaluates it '
+                   'again)', step,
+                   checkpoint.eval_result_path(self.workdir, step, variant))
+      return stored
+    if stored is not None:  # force: the next free step_<N>.<variant>.<k>
+      prefix = f'{variant}.' if variant else ''
+      variant = next(f'{prefix}{k}' for k in itertools.count(2)
+                     if read_result(self.workdir, step, f'{prefix}{k}') is None)
     state = checkpoint.restore(self.manager, step, self.abstract_state)
     metrics = evaluate_dataset(
         self.model, evaluation_variables(state, self.use_ema),
@@ -160,11 +178,8 @@ class Evaluator:
     if self.variant:
       result.update(dataset=self.data_config.dataset,
                     split=self.data_config.eval_split)
-    # The run's own settings: eval/step_<N>.json, written only where training
-    # (or an earlier evaluation) has not, so training's result is never
-    # replaced. Other settings: eval/step_<N>.<variant>.json.
-    write_result(self.workdir, result, self.variant,
-                 overwrite=bool(self.variant))
+    path = write_result(self.workdir, result, variant, overwrite=False)
+    logging.info('step %d: %s, written to %s', step, describe(result), path)
     return result
 
 

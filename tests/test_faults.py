@@ -128,6 +128,35 @@ def test_evaluations_of_other_settings_go_beside_trainings_result(
 
 
 @pytest.mark.slow
+def test_a_stored_result_is_read_back_and_force_writes_a_new_file(
+    finished_run, tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  before = _files(workdir)
+  calls = []
+  evaluate_dataset = evaluation.evaluate_dataset
+  monkeypatch.setattr(evaluation, 'evaluate_dataset',
+                      lambda *a, **k: calls.append(1) or evaluate_dataset(
+                          *a, **k))
+  evaluator = evaluation.Evaluator(str(workdir))
+  stored = evaluator.evaluate(2)
+  assert calls == [] and _files(workdir) == before  # nothing evaluated
+  assert stored == json.loads(before[os.path.join('eval', 'step_2.json')])
+  again = evaluator.evaluate(2, force=True)
+  assert calls == [1]
+  after = _files(workdir)
+  new = os.path.join('eval', 'step_2.2.json')
+  assert sorted(set(after) - set(before)) == [new]  # nothing else rewritten
+  assert {k: after[k] for k in before} == before
+  assert json.loads(after[new]) == again
+  # The same weights and data: the same numbers as training's evaluation.
+  assert again['top1'] == stored['top1']
+  assert again['num_examples'] == stored['num_examples']
+  evaluator.evaluate(2, force=True)
+  assert os.path.join('eval', 'step_2.3.json') in _files(workdir)
+
+
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_older_ones(data_dir, finished_run,
                                                         tmp_path):
   pytest.importorskip('resource')  # Unix: RLIMIT_FSIZE
