@@ -297,12 +297,18 @@ def benchmark_tflite(tflite_path: str, *, threads: int = 1, steps: int = 30,
   }
 
 
+def _ms(value: float) -> str:
+  """Three significant digits ('0.412', '4.12', '41.2', '412'), so that
+  sub-millisecond times (int8 against float at small sizes) differ."""
+  return f'{value:.3g}' if value < 100 else f'{value:.0f}'
+
+
 def _print_timing(result):
   print(f"  {result['img_per_sec']:.1f} img/s; step "
-        f"{result['step_ms_median']:.1f} ms median (min "
-        f"{result['step_ms_min']:.1f}, quartiles {result['step_ms_p25']:.1f}-"
-        f"{result['step_ms_p75']:.1f}, max {result['step_ms_max']:.1f}) over "
-        f"{result['steps']} steps")
+        f"{_ms(result['step_ms_median'])} ms median (min "
+        f"{_ms(result['step_ms_min'])}, quartiles "
+        f"{_ms(result['step_ms_p25'])}-{_ms(result['step_ms_p75'])}, max "
+        f"{_ms(result['step_ms_max'])}) over {result['steps']} steps")
 
 
 def _print_model(result):

@@ -273,6 +273,12 @@ def to_tflite(model, variables: dict, resolution: int, quantize: str = 'none',
   return converter.convert()
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _write_atomically(path: str, content: bytes) -> None:
   """Writes `content` to a temporary file beside `path`, then renames it."""
   fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or '.',
@@ -280,6 +286,7 @@ def _write_atomically(path: str, content: bytes) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(content)
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600: as open() would
     os.replace(temp, path)
   except BaseException:
     os.unlink(temp)

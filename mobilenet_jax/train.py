@@ -153,6 +153,9 @@ def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
     else:
       value = jnp.asarray(flat_old[key], value.dtype)
     merged[key] = value
+  if not fresh_names:
+    logging.info('init_from: every variable loaded, the classifier included '
+                 '(same classes, and the same dataset or init_head=true)')
   return traverse_util.unflatten_dict(merged)
 
 
