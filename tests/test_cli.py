@@ -146,3 +146,39 @@ def test_library_info_and_harmless_warnings_are_dropped_ours_kept():
     (['m', '--verbosity', '1', '--x=1'], 1), (['m', '-v=-1'], -1)])
 def test_verbosity_is_read_from_the_raw_command_line(argv, expected):
   assert cli._verbosity_in_argv(argv) == expected
+
+
+LOG_LINE = re.compile(r'^[IWEF]\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\] ')
+
+
+def _log_sources(stderr):
+  """The files that logged each stderr line; '?' for a line that is no
+  absl log line (a banner, a traceback)."""
+  return [m[1] if (m := LOG_LINE.match(line)) else '?'
+          for line in stderr.splitlines()]
+
+
+@pytest.mark.slow
+def test_library_info_logs_only_with_verbosity_1(data_dir, tmp_path):
+  workdir = tmp_path / 'w'
+  result = run_module(
+      'mobilenet_jax.main', '--config=configs/default.py',
+      f'--workdir={workdir}', '--config.num_train_steps=2',
+      *[f'--config.{k}={v}' for k, v in tiny_overrides(data_dir).items()])
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Our progress and results only: no tfds/optax/orbax INFO, no TF banner.
+  assert set(_log_sources(result.stderr)) <= {'train.py', 'writers.py'}, (
+      result.stderr)
+  assert re.search(r'Final evaluation written to .*step_2\.json$',
+                   result.stderr.splitlines()[-1])
+
+  quiet = run_module('mobilenet_jax.evaluate', f'--workdir={workdir}',
+                     '--split=test[:50%]')
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  assert set(_log_sources(quiet.stderr)) == {'evaluation.py'}, quiet.stderr
+  # Asked for: the libraries' INFO lines (tfds here) and the TF banner.
+  loud = run_module('mobilenet_jax.evaluate', f'--workdir={workdir}',
+                    '--split=test[:50%]', '--force', '--verbosity=1')
+  assert loud.returncode == 0, loud.stderr[-3000:]
+  assert 'dataset_info.py' in _log_sources(loud.stderr), loud.stderr
+  assert 'oneDNN' in loud.stderr
