@@ -5,7 +5,8 @@ quiet library logs and `--verbosity`.
   argument, a path that is not what the command needs) prints one line,
   `error: ...`, on stderr and exits with status 2; absl's flag errors and
   ml_collections' config file errors too. Any other exception is a bug and
-  keeps its traceback (exit status 1).
+  keeps its traceback (exit status 1). A Ctrl-C that stops a command (a
+  second one in training) is one line, exit status 130.
 - At the default `--verbosity=0` the libraries' INFO logs (orbax, tfds,
   optax, JAX's backend probing), two orbax warnings that are not problems
   (`HARMLESS_WARNINGS`) and TensorFlow's import-time C++ INFO lines (the
@@ -31,6 +32,7 @@ from absl import logging
 from mobilenet_jax import config_check
 
 USAGE_ERROR = 2  # exit status of a user's mistake
+INTERRUPTED = 130  # exit status of a Ctrl-C that stops a command (128 + 2)
 OUR_CODE = os.path.dirname(os.path.abspath(__file__))
 # orbax warns on every resume of a checkpoint saved without its metadata
 # file and twice on every read-only manager (evaluate, export); neither is
@@ -168,5 +170,8 @@ def run(main) -> None:
       return main(argv)
     except (config_check.ConfigError, app.UsageError) as e:
       usage_error(e)
+    except KeyboardInterrupt as e:  # a second Ctrl-C: what it did, no trace
+      sys.stderr.write(f'interrupted: {e or "Ctrl-C"}\n')
+      sys.exit(INTERRUPTED)
 
   app.run(guarded_main, flags_parser=parse_flags)

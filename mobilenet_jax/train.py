@@ -162,7 +162,8 @@ def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
 class _Preemption:
   """Remembers a SIGTERM (a preempted VM) or a Ctrl-C (SIGINT) until the
   loop can act on it: save a checkpoint at the next step and exit 0. A
-  second Ctrl-C aborts at once (KeyboardInterrupt).
+  second Ctrl-C aborts at once (KeyboardInterrupt), saying whether that
+  checkpoint was committed (`saved_step`).
 
   In a single process only. Under `jax.distributed`, JAX's preemption
   service catches SIGTERM and every process learns of it at the same step
@@ -174,6 +175,7 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self.saved_step = None  # set once the requested checkpoint is committed
     self._previous = {}
     if (jax.process_count() == 1
         and threading.current_thread() is threading.main_thread()):
@@ -184,6 +186,9 @@ class _Preemption:
     del frame
     name = signal.Signals(signum).name
     if self.requested and signum == signal.SIGINT:
+      if self.saved_step is not None:
+        raise KeyboardInterrupt(f'{name} again: exiting; the checkpoint of '
+                                f'step {self.saved_step} is saved')
       raise KeyboardInterrupt(f'{name} again: aborted without saving')
     logging.warning('%s: saving a checkpoint at the next step and exiting%s',
                     name, ' (Ctrl-C again aborts)'
@@ -300,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         checkpoint.save(manager, step, state)
       if preempted:
         checkpoint.wait_until_saved(manager)
+        preemption.saved_step = step
         return {'preempted': True, 'step': step}
       if _every(step, config.eval_every_steps) and not is_last:
         run_eval(step)

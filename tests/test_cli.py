@@ -182,3 +182,26 @@ def test_library_info_logs_only_with_verbosity_1(data_dir, tmp_path):
   assert loud.returncode == 0, loud.stderr[-3000:]
   assert 'dataset_info.py' in _log_sources(loud.stderr), loud.stderr
   assert 'oneDNN' in loud.stderr
+
+
+def test_an_interrupt_that_stops_a_command_is_one_line_status_130(tmp_path):
+  # What a second Ctrl-C raises in training (train._Preemption).
+  interrupted = '''
+import runpy, sys
+from mobilenet_jax import train
+def interrupted(config, workdir):
+  raise KeyboardInterrupt('SIGINT again: exiting; the checkpoint of step 4 '
+                          'is saved')
+train.train_and_evaluate = interrupted
+runpy.run_module('mobilenet_jax.main', run_name='__main__', alter_sys=True)
+'''
+  result = subprocess.run(
+      [sys.executable, '-c', interrupted, '--config=configs/default.py',
+       f'--workdir={tmp_path / "w"}'], cwd=REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 130, result.stderr[-3000:]
+  # (Importing train first shows TF's banner: this test's doing.)
+  assert result.stderr.endswith('\ninterrupted: SIGINT again: exiting; the '
+                                'checkpoint of step 4 is saved\n')
+  assert 'Traceback' not in result.stderr
