@@ -35,6 +35,11 @@ alone; `summarize` writes DIR/results.csv, DIR/results.md, DIR/tradeoff.png
 and, with exports, DIR/tradeoff_latency.png (`sweep_summary`).
 """
 
+if __name__ == '__main__':
+  # Before the imports that load TensorFlow.
+  from mobilenet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
+
 import collections
 import dataclasses
 import importlib.util
@@ -54,6 +59,8 @@ from etils import epath
 import ml_collections
 from ml_collections import config_flags
 
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 from mobilenet_jax import hyper
 from mobilenet_jax import sweep_code
 from mobilenet_jax import sweep_pool
@@ -78,17 +85,19 @@ class Sweep:
 def load_sweep(path: str) -> Sweep:
   """Runs `get_sweep(hyper)` of the sweep file at `path`."""
   if not os.path.isfile(path):
-    raise ValueError(f'sweep file not found: {path!r}')
+    raise config_check.ConfigError(f'sweep file not found: {path!r}')
   spec = importlib.util.spec_from_file_location('sweep_file', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'sweep file {path!r} must define get_sweep(h)')
+    raise config_check.ConfigError(
+        f'sweep file {path!r} must define get_sweep(h)')
   runs = module.get_sweep(hyper)
   if not (isinstance(runs, list) and runs and
           all(isinstance(run, dict) for run in runs)):
-    raise ValueError(f'get_sweep of {path!r} must return a non-empty list of '
-                     'override dicts')
+    raise config_check.ConfigError(
+        f'get_sweep of {path!r} must return a non-empty list of '
+        'override dicts')
   tpus = getattr(module, 'TPUS', None) or getattr(module, 'TPU', None)
   return Sweep(runs, parse_tpus(tpus) if tpus else None,
                getattr(module, 'ZONE', None))
@@ -100,7 +109,8 @@ def parse_tpus(tpus: str | Sequence[str]) -> list[str]:
            else [str(n).strip() for n in tpus])
   names = [n for n in names if n]
   if not names or len(set(names)) != len(names):
-    raise ValueError(f'tpu must list distinct TPU VM names, got {tpus!r}')
+    raise config_check.ConfigError(
+        f'tpu must list distinct TPU VM names, got {tpus!r}')
   return names
 
 
@@ -117,14 +127,16 @@ def select_runs(names: Sequence[str], runs: str | None = None,
       elif item.isdigit() and int(item) < len(names):
         chosen.append(int(item))
       else:
-        raise ValueError(f'runs: {item!r} is neither a run of this sweep nor '
-                         f'an index below {len(names)}; runs: '
-                         f'{", ".join(names)}')
+        raise config_check.ConfigError(
+            f'runs: {item!r} is neither a run of this sweep nor '
+            f'an index below {len(names)}; runs: '
+            f'{", ".join(names)}')
     indices = list(dict.fromkeys(chosen))
   if shard:
     i, sep, n = shard.partition('/')
     if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
-      raise ValueError(f'shard must be i/n with 0 <= i < n, got {shard!r}')
+      raise config_check.ConfigError(
+          f'shard must be i/n with 0 <= i < n, got {shard!r}')
     indices = indices[int(i)::int(n)]
   return indices
 
@@ -137,8 +149,9 @@ def config_overrides_from_argv(argv: Sequence[str]) -> list[str]:
   overrides = [arg for arg in argv if arg.startswith('--config.')]
   for arg in overrides:
     if '=' not in arg:
-      raise ValueError(f'write config overrides as --config.KEY=VALUE, got '
-                       f'{arg!r}')
+      raise config_check.ConfigError(
+          f'write config overrides as --config.KEY=VALUE, got '
+          f'{arg!r}')
   return overrides
 
 
@@ -213,11 +226,11 @@ def apply_overrides(config: ml_collections.ConfigDict,
       if not isinstance(node, ml_collections.ConfigDict):
         break
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise ValueError(f'config has no field {key!r}')
+      raise config_check.ConfigError(f'config has no field {key!r}')
     try:
       node[leaf] = value
     except TypeError as e:
-      raise ValueError(f'config field {key}: {e}') from None
+      raise config_check.ConfigError(f'config field {key}: {e}') from None
   return config
 
 
@@ -249,18 +262,22 @@ def _check_launcher(launcher: str, workdir: str, tpus: Sequence[str] | None,
                     zone: str | None, allow_local_workdir: bool = False,
                     chips_per_run: int | None = None) -> None:
   if launcher not in LAUNCHERS:
-    raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
+    raise config_check.ConfigError(
+        f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
   if launcher == 'tpu_vm':
     if not (workdir.startswith('gs://') or allow_local_workdir):
-      raise ValueError(f'launcher tpu_vm needs a gs:// workdir that the TPU '
-                       f'VMs can write, got {workdir!r} (a folder every VM '
-                       'mounts: --allow_local_workdir)')
+      raise config_check.ConfigError(
+          f'launcher tpu_vm needs a gs:// workdir that the TPU VMs can '
+          f'write, got {workdir!r} (a folder every VM mounts: '
+          '--allow_local_workdir)')
     if not (tpus and zone):
-      raise ValueError('launcher tpu_vm needs --tpu and --zone (or TPUS and '
-                       'ZONE in the sweep file)')
+      raise config_check.ConfigError(
+          'launcher tpu_vm needs --tpu and --zone (or TPUS and ZONE in the '
+          'sweep file)')
   if chips_per_run is not None and chips_per_run < 1:
-    raise ValueError(f'chips_per_run must be a positive number of chips, got '
-                     f'{chips_per_run}')
+    raise config_check.ConfigError(
+        f'chips_per_run must be a positive number of chips, got '
+        f'{chips_per_run}')
 
 
 def parse_exports(export: str | Sequence[str]) -> list[str]:
@@ -270,8 +287,9 @@ def parse_exports(export: str | Sequence[str]) -> list[str]:
   kinds = [k for k in kinds if k and k != 'none']
   for kind in kinds:
     if kind not in EXPORTS:
-      raise ValueError(f'export must be none or a comma-separated list of '
-                       f'{list(EXPORTS)}, got {export!r}')
+      raise config_check.ConfigError(
+          f'export must be none or a comma-separated list of '
+          f'{list(EXPORTS)}, got {export!r}')
   return list(dict.fromkeys(kinds))
 
 
@@ -286,8 +304,9 @@ def _with_data_dir(runs: Sequence[hyper.Run], config: ml_collections.ConfigDict,
       arg.startswith('--config.data.data_dir=') for arg in config_overrides))
   if data_dir:
     if set_elsewhere:
-      raise ValueError('give the data directory once: --data_dir or '
-                       '--config.data.data_dir (or the sweep\'s data.data_dir)')
+      raise config_check.ConfigError(
+          'give the data directory once: --data_dir or '
+          '--config.data.data_dir (or the sweep\'s data.data_dir)')
     config = apply_overrides(config, {'data.data_dir': data_dir})
     config_overrides = [*config_overrides, f'--config.data.data_dir={data_dir}']
   if launcher == 'tpu_vm':
@@ -295,7 +314,7 @@ def _with_data_dir(runs: Sequence[hyper.Run], config: ml_collections.ConfigDict,
       dataset = run.get('data.dataset', config.data.dataset)
       if (run.get('data.data_dir', config.data.data_dir) is None and
           not str(dataset).startswith('folder:')):
-        raise ValueError(
+        raise config_check.ConfigError(
             'launcher tpu_vm needs --data_dir=gs://BUCKET/tensorflow_datasets '
             '(or --config.data.data_dir): the tfds data directory every '
             'worker reads')
@@ -361,18 +380,21 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
   kinds = parse_exports(export)
   names = sweep_runs.run_names(runs) if names is None else list(names)
   if len(set(names)) != len(runs):
-    raise ValueError(f'need one distinct name per run, got {names}')
+    raise config_check.ConfigError(
+        f'need one distinct name per run, got {names}')
   config, config_overrides = _with_data_dir(runs, config, config_overrides,
                                             data_dir, launcher)
   swept = {key for run in runs for key in run}
   for arg in config_overrides:
     key = arg[len('--config.'):].partition('=')[0]
     if key in swept:
-      raise ValueError(f'{key} is set by the sweep; drop --config.{key} from '
-                       'the command line')
+      raise config_check.ConfigError(
+          f'{key} is set by the sweep; drop --config.{key} from '
+          'the command line')
   selected = range(len(runs)) if selected is None else selected
   if launcher == 'tpu_vm' and not dry_run and shutil.which('gcloud') is None:
-    raise ValueError('launcher tpu_vm needs the gcloud CLI on PATH')
+    raise config_check.ConfigError(
+        'launcher tpu_vm needs the gcloud CLI on PATH')
   if launcher == 'tpu_vm' and chips_per_run:
     _check_chips_per_run(chips_per_run, [runs[i] for i in selected], config,
                          [] if dry_run else tpus, zone)
@@ -420,7 +442,7 @@ def run_sweep(runs: Sequence[hyper.Run], *, config: ml_collections.ConfigDict,
 def _check_chips_per_run(chips_per_run: int, runs: Sequence[hyper.Run],
                          config: ml_collections.ConfigDict,
                          tpus: Sequence[str], zone: str) -> None:
-  """A ValueError, before anything is written, when `chips_per_run` does
+  """A ConfigError, before anything is written, when `chips_per_run` does
   not divide the chips of a VM of `tpus` that describes itself now (a VM
   down now is checked once it is READY) or a run's global batch_size."""
   gcloud = sweep_pool.Gcloud(zone)
@@ -432,8 +454,9 @@ def _check_chips_per_run(chips_per_run: int, runs: Sequence[hyper.Run],
   for run in runs:
     batch_size = run.get('batch_size', config.batch_size)
     if batch_size % chips_per_run:
-      raise ValueError(f'--chips_per_run={chips_per_run} does not divide the '
-                       f'global batch_size {batch_size} of run {run}')
+      raise config_check.ConfigError(
+          f'--chips_per_run={chips_per_run} does not divide the '
+          f'global batch_size {batch_size} of run {run}')
 
 
 def _run_locally(records: dict[str, dict], commands: dict[str, list[str]],
@@ -520,14 +543,14 @@ def _prepare(index: int, name: str, run: hyper.Run,
                      config_overrides=list(config_overrides))
   old = sweep_runs.read_json(run_dir / sweep_runs.RUN_FILE)
   if old is not None and {k: old.get(k) for k in launched_as} != launched_as:
-    raise ValueError(
+    raise config_check.ConfigError(
         f'{run_dir} was launched with other settings ({old.get("config_arg")} '
         f'{old.get("config_overrides")} {old.get("overrides")}); use a new '
         '--workdir')
   try:
     run_config = json.loads(apply_overrides(config, run).to_json_best_effort())
     error = None
-  except ValueError as e:
+  except config_check.ConfigError as e:
     run_config, error = None, str(e)
   status = 'finished' if sweep_runs.is_finished(run_dir) else 'pending'
   record = dict(index=index, name=name, **launched_as, command=command,
@@ -595,8 +618,9 @@ def export_run(run_dir: str, kinds: Sequence[str] = ('float',),
   kinds = parse_exports(kinds)
   path = epath.Path(run_dir)
   if not sweep_runs.is_finished(path):
-    raise ValueError(f'{run_dir}: not finished (no final evaluation); '
-                     'nothing to export')
+    raise config_check.ConfigError(
+        f'{run_dir}: not finished (no final evaluation); '
+        'nothing to export')
   step = int(json.loads((path / 'config.json').read_text())['num_train_steps'])
   local = '://' not in run_dir
   results = {}
@@ -760,8 +784,9 @@ def print_status(workdir: str) -> list[sweep_runs.RunState]:
   and chip-hours; returns the states."""
   states = sweep_runs.sweep_states(workdir)
   if not states:
-    raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
-                     f'in {workdir!r}')
+    raise config_check.ConfigError(
+        f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
+        f'in {workdir!r}')
   now = time.time()
   for state in states:
     print(sweep_runs.describe(state, now))
@@ -775,53 +800,40 @@ def print_status(workdir: str) -> list[sweep_runs.RunState]:
   return states
 
 
-def _user_error(error: ValueError):
-  """A user's mistake: one line on stderr, exit status 2."""
-  sys.stderr.write(f'error: {error}\n')
-  sys.exit(2)
-
-
 def main(argv):
   if len(argv) < 2 or argv[1] not in ('run', 'summarize', 'status', 'export'):
     raise app.UsageError(_USAGE)
   if argv[1] in ('status', 'export'):
     if len(argv) != 3:
       raise app.UsageError(_USAGE)
-    try:
-      if argv[1] == 'status':
-        print_status(argv[2])
-      else:
-        kinds = parse_exports(flags.FLAGS.export)
-        if not kinds:
-          raise ValueError('give --export=float, int8 or float,int8')
-        path = epath.Path(argv[2])
-        if (path / sweep_runs.RUN_FILE).exists():  # one run
-          export_run(argv[2], kinds)
-        else:  # every finished run of a sweep
-          for state in sweep_runs.sweep_states(argv[2]):
-            if state.status == 'finished':
-              export_run(os.fspath(path / state.name), kinds)
-    except ValueError as e:
-      _user_error(e)
+    if argv[1] == 'status':
+      print_status(argv[2])
+      return
+    kinds = parse_exports(flags.FLAGS.export)
+    if not kinds:
+      raise config_check.ConfigError('give --export=float, int8 or float,int8')
+    path = epath.Path(argv[2])
+    if (path / sweep_runs.RUN_FILE).exists():  # one run
+      export_run(argv[2], kinds)
+    else:  # every finished run of a sweep
+      for state in sweep_runs.sweep_states(argv[2]):
+        if state.status == 'finished':
+          export_run(os.fspath(path / state.name), kinds)
     return
   if argv[1] == 'summarize':
     if len(argv) != 3:
       raise app.UsageError(_USAGE)
-    try:
-      sweep_summary.summarize(argv[2])
-    except ValueError as e:
-      _user_error(e)
-    print((epath.Path(argv[2]) / 'results.md').read_text(), end='')
+    rows = sweep_summary.summarize(argv[2])
+    path = epath.Path(argv[2])
+    print((path / 'results.md').read_text(), end='')
+    print(f'wrote {", ".join(sweep_summary.written_files(rows))} in {path}')
     return
   if len(argv) != 2:
     raise app.UsageError(f'unexpected arguments: {argv[2:]}')
   if not flags.FLAGS.sweep:
     raise app.UsageError('run needs --sweep')
-  try:
-    sweep = load_sweep(flags.FLAGS.sweep)
-    statuses = run_from_flags(sweep.runs, tpus=sweep.tpus, zone=sweep.zone)
-  except ValueError as e:
-    _user_error(e)
+  sweep = load_sweep(flags.FLAGS.sweep)
+  statuses = run_from_flags(sweep.runs, tpus=sweep.tpus, zone=sweep.zone)
   if {'failed', 'export failed'} & set(statuses.values()):
     sys.exit(1)
 
@@ -829,4 +841,4 @@ def main(argv):
 if __name__ == '__main__':
   define_flags()
   flags.DEFINE_string('sweep', None, 'A sweep file (configs/sweeps/*.py).')
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,8 @@ carries CODE_MANIFEST.json (hash, git commit, dirty flag, files), from which
 On a worker: the archive is unpacked once into ~/.mobilenet_jax/code/<hash>
 (a temporary directory renamed into place: concurrent processes on one VM
 unpack at most once each and never see half a tree) and the run starts
-there with PYTHONPATH on it, so the shipped code is imported, whatever else
+there with PYTHONPATH on it, so the shipped code is from mobilenet_jax import config_check
+imported, whatever else
 the interpreter has installed. The interpreter is a venv that
 `worker_setup.sh` (shipped too) builds with uv, once per dependency set
 (pyproject.toml, requirements.lock and the script itself) under a lock, or
@@ -37,6 +38,8 @@ import tarfile
 import tomllib
 
 from etils import epath
+
+from mobilenet_jax import config_check
 
 MANIFEST = 'CODE_MANIFEST.json'  # at the root of a shipped tree
 CODE_DIR = '~/.mobilenet_jax/code'  # on a worker: one unpacked tree per hash
@@ -101,8 +104,9 @@ def source_files(root: str) -> list[str]:
       listed += [os.path.relpath(os.path.join(folder, name), root)
                  for name in names]
   else:
-    raise ValueError(f'{root} is neither a git checkout nor a project tree '
-                     '(pyproject.toml): sweep run ships the tree it runs from')
+    raise config_check.ConfigError(
+        f'{root} is neither a git checkout nor a project tree '
+        '(pyproject.toml): sweep run ships the tree it runs from')
   return sorted({path for path in listed if path and _shipped(path) and
                  os.path.lexists(os.path.join(root, path))})
 
@@ -171,9 +175,10 @@ def pack(sweep_dir: str, root: str | None = None) -> CodeRef:
   files = source_files(root)
   for needed in ('pyproject.toml', 'requirements.lock', SETUP_SCRIPT):
     if needed not in files:
-      raise ValueError(f'{needed} is not in the shipped tree of {root} '
-                       '(tracked or untracked, not ignored): a worker sets '
-                       'itself up from it')
+      raise config_check.ConfigError(
+          f'{needed} is not in the shipped tree of {root} '
+          '(tracked or untracked, not ignored): a worker sets '
+          'itself up from it')
   code_hash = tree_hash(root, files)
   commit, dirty = git_state(root)
   if '://' not in sweep_dir:  # workers start elsewhere: a local path whole

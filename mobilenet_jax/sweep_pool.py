@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 
 from etils import epath
 
+from mobilenet_jax import config_check
 from mobilenet_jax import sweep_code
 from mobilenet_jax import sweep_runs
 
@@ -78,8 +79,9 @@ def vm_shape(accelerator_type: str) -> VmShape:
   """'v5litepod-8' -> 8 chips, 1 host; 'v4-16' -> 8 chips, 2 hosts."""
   match = re.fullmatch(r'(v\d+[a-z]*)-(\d+)', accelerator_type)
   if not match or match[1] not in _GENERATIONS:
-    raise ValueError(f'unknown TPU acceleratorType {accelerator_type!r}; '
-                     f'known: {", ".join(f"{g}-N" for g in _GENERATIONS)}')
+    raise config_check.ConfigError(
+        f'unknown TPU acceleratorType {accelerator_type!r}; '
+        f'known: {", ".join(f"{g}-N" for g in _GENERATIONS)}')
   per_chip, per_host = _GENERATIONS[match[1]]
   chips = max(1, int(match[2]) // per_chip)
   return VmShape(chips, -(-chips // per_host))
@@ -100,13 +102,15 @@ def chip_groups(shape: VmShape, chips_per_run: int | None,
     return [None]
   k = chips_per_run
   if k not in _CHIP_BOUNDS or shape.chips % k:
-    raise ValueError(f'--chips_per_run={k} does not divide the '
-                     f'{shape.chips} chips of {name}; use one of '
-                     f'{[d for d in _CHIP_BOUNDS if shape.chips % d == 0]}')
+    raise config_check.ConfigError(
+        f'--chips_per_run={k} does not divide the '
+        f'{shape.chips} chips of {name}; use one of '
+        f'{[d for d in _CHIP_BOUNDS if shape.chips % d == 0]}')
   if shape.hosts > 1:
-    raise ValueError(f'--chips_per_run={k}: {name} has {shape.hosts} hosts; '
-                     f'chip groups need a single-host VM (or '
-                     f'--chips_per_run={shape.chips})')
+    raise config_check.ConfigError(
+        f'--chips_per_run={k}: {name} has {shape.hosts} hosts; '
+        f'chip groups need a single-host VM (or '
+        f'--chips_per_run={shape.chips})')
   return [tuple(range(i, i + k)) for i in range(0, shape.chips, k)]
 
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from etils import epath
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import hyper
 
 RUN_FILE = 'run.json'
@@ -81,8 +82,9 @@ def run_names(runs: Sequence[hyper.Run]) -> list[str]:
   seen = {}
   for i, name in enumerate(names):
     if name in seen:
-      raise ValueError(f'runs {seen[name]} and {i} of the sweep are both named '
-                       f'{name!r}: a sweep must not list a run twice')
+      raise config_check.ConfigError(
+          f'runs {seen[name]} and {i} of the sweep are both named '
+          f'{name!r}: a sweep must not list a run twice')
     seen[name] = i
   return names
 
@@ -269,7 +271,7 @@ def sweep_states(workdir: str) -> list[RunState]:
   """The state of every run (subdirectory with run.json) of a sweep
   directory, in sweep order."""
   if not epath.Path(workdir).is_dir():
-    raise ValueError(f'sweep directory not found: {workdir!r}')
+    raise config_check.ConfigError(f'sweep directory not found: {workdir!r}')
   records = []
   for run_dir in epath.Path(workdir).iterdir():
     record = read_json(run_dir / RUN_FILE)

@@ -14,6 +14,7 @@ finished sweep and on gs:// directories, and reads only what the runs wrote
 import csv
 import dataclasses
 import io
+import math
 import os
 import statistics
 import sys
@@ -23,6 +24,7 @@ from etils import epath
 import ml_collections
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import costs
 from mobilenet_jax import hyper
 from mobilenet_jax import models
@@ -46,6 +48,7 @@ class Row:
   top5: float | None = None
   steps: int | None = None
   img_per_sec: float | None = None
+  dataset: str | None = None
   # {'float' / 'int8': sweep_runs.export_result_path's record}
   exports: dict = dataclasses.field(default_factory=dict)
   code_hash: str | None = None  # of the code its latest start ran
@@ -85,7 +88,7 @@ def collect(workdir: str) -> list[Row]:
   sweep order. Params and MACs are filled in once training has started
   (its resolved config.json records the dataset's classes)."""
   if not epath.Path(workdir).is_dir():
-    raise ValueError(f'sweep directory not found: {workdir!r}')
+    raise config_check.ConfigError(f'sweep directory not found: {workdir!r}')
   records = []
   for run_dir in epath.Path(workdir).iterdir():
     record = sweep_runs.read_json(run_dir / sweep_runs.RUN_FILE)
@@ -107,6 +110,7 @@ def _row(record: dict, run_dir: epath.Path) -> Row:
     config = None
   if config is not None:
     row.resolution = _resolution(config)
+    row.dataset = config.data.dataset
   if started and row.resolution is not None:
     row.params, row.macs = (_model_costs(config, row.resolution)
                             or (None, None))
@@ -225,6 +229,7 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(figsize=(7, 5))
   for label, points in lines.items():
     xs, ys, notes = zip(*points)
@@ -238,6 +243,8 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
               transform=axes.transAxes)
   else:
     axes.set_xscale('log')
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+    axes.xaxis.set_minor_formatter(ticker.FuncFormatter(_plain_2_and_5))
     axes.legend(fontsize=8)
   axes.set_xlabel(xlabel)
   axes.set_ylabel('top-1 (%)')
@@ -249,6 +256,19 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
   return buffer.getvalue()
 
 
+def _plain(x: float, _=None) -> str:
+  """A log axis' tick label as a plain number ('200', '0.5'), not
+  matplotlib's '2x10^2'."""
+  return f'{x:g}'
+
+
+def _plain_2_and_5(x: float, _=None) -> str:
+  """Labels the minor ticks at 2 and 5 times a power of ten (enough to read
+  an axis that spans less than a decade), others blank."""
+  mantissa = round(x / 10**math.floor(math.log10(x)), 6) if x > 0 else 0
+  return _plain(x) if mantissa in (2, 5) else ''
+
+
 def _note(row: Row, fastest: str | None) -> str:
   if fastest in row.overrides:
     return sweep_runs.format_value(row.overrides[fastest])
@@ -258,6 +278,24 @@ def _note(row: Row, fastest: str | None) -> str:
 def _title(title: str, keys: Sequence[str]) -> str:
   return (title if not keys else
           f'{title} (points: {keys[-1].rsplit(".", 1)[-1]})')
+
+
+def plot_title(sweep: str, rows: Sequence[Row]) -> str:
+  """'SWEEP: DATASET, N steps': what a plot compares, on what; datasets and
+  step counts that differ between runs are listed ('100-300 steps')."""
+  datasets = sorted({row.dataset for row in rows if row.dataset})
+  steps = sorted({row.steps for row in rows if row.steps is not None})
+  parts = [', '.join(datasets) or 'no dataset yet']
+  if steps:
+    parts.append(f'{steps[0]} steps' if len(steps) == 1 else
+                 f'{steps[0]}-{steps[-1]} steps')
+  return f'{sweep}: {", ".join(parts)}'
+
+
+def written_files(rows: Sequence[Row]) -> list[str]:
+  """The files `summarize` writes for `rows`, in its sweep directory."""
+  return ['results.csv', 'results.md', 'tradeoff.png',
+          *(['tradeoff_latency.png'] if export_kinds(rows) else [])]
 
 
 def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
@@ -291,8 +329,9 @@ def summarize(workdir: str) -> list[Row]:
   rows."""
   rows = collect(workdir)
   if not rows:
-    raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
-                     f'in {workdir!r}')
+    raise config_check.ConfigError(
+        f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
+        f'in {workdir!r}')
   keys = sweep_runs.swept_keys([row.overrides for row in rows])
   path = epath.Path(workdir)
   (path / 'results.csv').write_text(results_csv(rows, keys))
@@ -301,7 +340,7 @@ def summarize(workdir: str) -> list[Row]:
     print(f'warning: the runs of {workdir} ran {len(hashes)} different code '
           'trees (code_hash column of results.csv)', file=sys.stderr)
   (path / 'results.md').write_text(results_markdown(rows, keys))
-  title = os.path.basename(workdir.rstrip('/'))
+  title = plot_title(os.path.basename(workdir.rstrip('/')), rows)
   (path / 'tradeoff.png').write_bytes(tradeoff_png(rows, keys, title))
   if export_kinds(rows):
     (path / 'tradeoff_latency.png').write_bytes(latency_png(rows, keys, title))

@@ -29,6 +29,7 @@ from mobilenet_jax import sweep_code
 from mobilenet_jax import sweep_pool
 from mobilenet_jax import sweep_runs
 from mobilenet_jax import sweep_summary
+from conftest import run_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
@@ -400,6 +401,29 @@ def test_summarize_a_partly_finished_sweep(tmp_path, data_dir):
   assert [r['top1'] for r in table] == ['', '']
   assert [r['model.alpha'] for r in table] == ['0.25', '0.5']
   assert (tmp_path / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The plots' title: the sweep, its dataset and steps so far.
+  assert sweep_summary.plot_title('v1_width', rows) == (
+      'v1_width: shapes/tiny, 4 steps')
+  assert sweep_summary.written_files(rows) == [
+      'results.csv', 'results.md', 'tradeoff.png']
+
+
+def test_log_axis_ticks_are_plain_numbers():
+  assert [sweep_summary._plain(x) for x in (1.0, 200.0, 0.5, 2e4)] == [
+      '1', '200', '0.5', '20000']
+  # Minor ticks: 2 and 5 times a power of ten labelled, the rest blank.
+  assert [sweep_summary._plain_2_and_5(x) for x in (
+      20.0, 30.0, 50.0, 0.2, 0.7, 5e6)] == ['20', '', '50', '0.2', '', '5e+06']
+
+
+@pytest.mark.slow
+def test_summarize_command_says_where_it_wrote(tmp_path, data_dir):
+  fabricate_run(tmp_path, 'alpha_0.25', 0, {'model.alpha': 0.25}, 'running',
+                data_dir, metrics=[(1, 10.0)], steps=100)
+  result = run_module('mobilenet_jax.sweep', 'summarize', str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1] == (
+      f'wrote results.csv, results.md, tradeoff.png in {tmp_path}')
 
 
 def test_status_reports_every_run_from_the_directory_alone(tmp_path, data_dir,
