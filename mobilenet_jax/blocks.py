@@ -21,12 +21,14 @@ def _kw(default):
 
 
 class Block(nn.Module):
-  """What every block shares: the op set, BatchNorm settings and compute
+  """What every block shares: the op set, BatchNorm settings, convolution
+  padding ('same' or 'symmetric', `layers.conv_padding`) and compute
   dtype (keyword-only, so that each block lists its own fields first), its
   layers built through `conv_bn`, and the identity shortcut."""
   ops: ops_lib.OpSet = _kw(ops_lib.OP_SETS['reference'])
   bn_momentum: float = _kw(0.99)
   bn_epsilon: float = _kw(1e-3)
+  padding: str = _kw('same')
   dtype: Any = _kw(jnp.float32)
 
   def conv_bn(self, features: int, kernel_size: int, strides: int,
@@ -34,7 +36,8 @@ class Block(nn.Module):
     return self.ops.conv_bn(features, kernel_size, strides, activation,
                             depthwise=depthwise, name=name,
                             bn_momentum=self.bn_momentum,
-                            bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+                            bn_epsilon=self.bn_epsilon, padding=self.padding,
+                            dtype=self.dtype)
 
   def residual(self, x, shortcut):
     """x + shortcut when the stride is 1 and the width is unchanged."""

@@ -65,7 +65,7 @@ class Source:
   """Variables to export and what they were trained with.
 
   model_kwargs: `models.create_model` keywords (name, alpha, expansion,
-    num_classes). data_config: the run's `config.data` (None for a
+    num_classes, padding, bn_epsilon). data_config: the run's `config.data` (None for a
     converted model). step: the checkpoint's step (None: converted).
   """
   model_kwargs: dict
@@ -113,7 +113,9 @@ def load_source(directory: str, step: int | None = None,
   return Source(
       model_kwargs={'name': config.model.name, 'alpha': config.model.alpha,
                     'expansion': config.model.get('expansion'),
-                    'num_classes': evaluator.num_classes},
+                    'num_classes': evaluator.num_classes,
+                    'padding': config.model.get('padding', 'same'),
+                    'bn_epsilon': config.model.get('bn_epsilon', 1e-3)},
       variables=jax.device_get(
           evaluation.evaluation_variables(state, evaluator.use_ema)),
       resolution=evaluator.resolution, mean=tuple(config.data.mean),
@@ -327,6 +329,7 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
   meta = {
       'model': kwargs['name'], 'alpha': kwargs['alpha'],
       'expansion': kwargs['expansion'], 'num_classes': kwargs['num_classes'],
+      'padding': kwargs['padding'],
       'resolution': resolution, 'mean': list(loaded.mean),
       'std': list(loaded.std), 'quantization': quantize,
       'float_io': quantize != 'int8' or float_io,

@@ -144,6 +144,7 @@ class MobileNet(nn.Module):
   ops: str = 'reference'
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
+  padding: str = 'same'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -155,7 +156,7 @@ class MobileNet(nn.Module):
                        f'{images.shape[1]}x{images.shape[2]}')
     op_set = ops_lib.get(self.ops)
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
+              padding=self.padding, dtype=self.dtype)
     x = images.astype(self.dtype)
     # Float32 kernel and bias gradients under a lower-precision dtype.
     dense = low_precision_kwargs(self.dtype, dense=True)
@@ -196,8 +197,8 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
                  expansion: float | None = None, dropout_rate: float = 0.2,
                  dtype: Any = jnp.float32, bn_momentum: float | None = None,
                  bn_epsilon: float = 1e-3, include_top: bool = True,
-                 features_only: bool = False,
-                 ops: str = 'auto') -> MobileNet:
+                 features_only: bool = False, ops: str = 'auto',
+                 padding: str = 'same') -> MobileNet:
   """Builds a registry model, Keras-Applications style: every knob a keyword.
 
   Args:
@@ -218,6 +219,9 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       'cpu' (XLA:CPU kernels, the same variables and values) or 'auto'
       (resolved here: 'cpu' on the CPU backend, else 'reference'); see
       `mobilenet_jax.ops`.
+    padding: 'same' (TensorFlow's 'SAME', the extra pixel after on stride 2;
+      the authors' references and Keras weights) or 'symmetric' (PyTorch's
+      k // 2 on both sides; timm's weights), for every convolution.
   """
   if name not in REGISTRY:
     raise ValueError(
@@ -232,6 +236,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
   if not 0 <= dropout_rate < 1:
     raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
   ops = ops_lib.resolve(ops)
+  config_check.one_of('padding', padding, config_check.PADDINGS)
   try:
     compute_dtype = jnp.dtype(dtype)
   except TypeError:  # not a dtype at all, e.g. 'bf16'
@@ -245,7 +250,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       include_top=include_top, features_only=features_only,
       ops=ops,
       bn_momentum=arch.bn_momentum if bn_momentum is None else bn_momentum,
-      bn_epsilon=bn_epsilon, dtype=compute_dtype)
+      bn_epsilon=bn_epsilon, padding=padding, dtype=compute_dtype)
 
 
 def input_resolution(rho: float = 1.0, base_resolution: int = 224) -> int:

@@ -225,3 +225,15 @@ def test_cli_bad_input_exits_with_one_line_message():
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: expansion must be None for mobilenet_v1')
+
+
+@pytest.mark.parametrize('resolution', [224, 256])
+def test_padding_changes_no_cost(resolution):
+  # Odd kernels: k // 2 on both sides gives ceil(n / s) outputs, as 'SAME'
+  # does, so every layer's output shape and MACs are the same.
+  same, symmetric = (
+      costs.profile_model(models.create_model('mobilenet_v4_conv_medium',
+                                              padding=padding), resolution)
+      for padding in ('same', 'symmetric'))
+  assert [(l.output_shape, l.macs) for l in same.layers] == [
+      (l.output_shape, l.macs) for l in symmetric.layers]

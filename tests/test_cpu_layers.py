@@ -164,12 +164,13 @@ def _assert_close_trees(got, want, what):
     pytest.param(True, id='train', marks=pytest.mark.slow),
     pytest.param(False, id='eval')])
 @pytest.mark.parametrize('name', FAMILIES)
-def test_cpu_op_set_equals_reference(name, train):
+def test_cpu_op_set_equals_reference(name, train, padding='same'):
   images = jnp.asarray(np.random.default_rng(3).normal(
       size=(4, 40, 40, 3)), jnp.float32)
   labels = jnp.arange(4) % NUM_CLASSES
   reference, cpu = (models.create_model(name, alpha=0.35,
-                                        num_classes=NUM_CLASSES, ops=ops)
+                                        num_classes=NUM_CLASSES, ops=ops,
+                                        padding=padding)
                     for ops in ('reference', 'cpu'))
   variables = _random_variables(reference, images)
   assert (jax.tree.structure(cpu.init(jax.random.key(0), images))
@@ -179,3 +180,13 @@ def test_cpu_op_set_equals_reference(name, train):
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
   _assert_close_trees(got[1], want[1], 'batch_stats')
   _assert_close_trees(got[2], want[2], 'gradient')
+
+
+# PyTorch's padding (timm's weights) at an even resolution, where it differs
+# from 'SAME': the stem's patches and the stride-2 depthwise slices.
+@pytest.mark.parametrize('train', [
+    pytest.param(True, id='train', marks=pytest.mark.slow),
+    pytest.param(False, id='eval')])
+def test_cpu_op_set_equals_reference_with_symmetric_padding(train):
+  test_cpu_op_set_equals_reference('mobilenet_v3_small_minimal', train,
+                                   padding='symmetric')

@@ -698,3 +698,23 @@ def test_model_rejects_non_nhwc_images():
   model = models.create_model('mobilenet_v3_small', **SMALL)
   _raises('images', jax.eval_shape, model.init, jax.random.key(0),
           jax.ShapeDtypeStruct((32, 32, 3), jnp.float32))
+
+
+def test_bad_padding():
+  message = _raises('padding', models.create_model, 'mobilenet_v2',
+                    padding='SAME')
+  assert "['same', 'symmetric']" in message
+
+
+@pytest.mark.parametrize('size, equal', [(65, True), (64, False)])
+def test_symmetric_padding_equals_same_exactly_at_odd_sizes(size, equal):
+  # At 65 px every stride-2 layer sees an odd side, where TF's 'SAME' pads
+  # k // 2 on both sides as PyTorch does; at 64 px they differ (docs/design.md).
+  images = jnp.asarray(np.random.default_rng(0).normal(
+      size=(1, size, size, 3)), jnp.float32)
+  same, symmetric = (models.create_model('mobilenet_v3_small', **SMALL,
+                                         padding=padding, ops='reference')
+                     for padding in ('same', 'symmetric'))
+  variables = same.init(jax.random.key(0), images)
+  a, b = same.apply(variables, images), symmetric.apply(variables, images)
+  assert np.allclose(a, b, rtol=1e-5, atol=1e-6) == equal
