@@ -15,8 +15,9 @@ architecture of ours computes them; docs/design.md): depth multipliers
 and blur-pool V4 (`mobilenetv4_conv_aa_*`, `*_blur_*`) and `mobilenetv3_rw`.
 
 The state dict's tensors are grouped by module (the name before the last
-dot) in state-dict order, which is timm's call order, and zipped with our
-weighted layers in call order (`layer_order.weighted_layers`), checking kinds
+dot), put in timm's call order by name (`NETWORK_ORDER`, `BLOCK_ORDERS`;
+safetensors files sort names) and zipped with our weighted layers in call
+order (`layer_order.weighted_layers`), checking kinds
 and shapes: the first tensor that does not fit is a one-line ValueError
 naming it. Layouts: conv kernels (O, I, kh, kw) -> (kh, kw, I, O), so a
 depthwise (C, 1, k, k) becomes (k, k, 1, C); a 1x1 conv where we have a
@@ -167,13 +168,63 @@ def read_state_dict(path: str) -> dict:
           for k, v in state.items()}
 
 
+# timm's module names in call order: the network's, then each block type's
+# (timm's _efficientnet_blocks.py), told apart by a module only it has.
+NETWORK_ORDER = ('conv_stem', 'bn1', 'blocks', 'conv_head', 'bn2',
+                 'norm_head', 'classifier')
+_SE = ('se.conv_reduce', 'se.conv_expand')
+BLOCK_ORDERS = (  # (module only this block type has, its modules in order)
+    ('conv_pwl', ('conv_pw', 'bn1', 'conv_dw', 'bn2', *_SE, 'conv_pwl', 'bn3')),
+    ('conv_exp', ('conv_exp', 'bn1', *_SE, 'conv_pwl', 'bn2')),
+    ('conv_dw', ('conv_dw', 'bn1', *_SE, 'conv_pw', 'bn2')),
+    ('pw_proj.conv', ('dw_start.conv', 'dw_start.bn', 'pw_exp.conv',
+                      'pw_exp.bn', 'dw_mid.conv', 'dw_mid.bn', *_SE,
+                      'pw_proj.conv', 'pw_proj.bn', 'dw_end.conv',
+                      'dw_end.bn', 'layer_scale')),
+    ('attn.output.proj', ('norm', 'attn.query.proj', 'attn.key.down_conv',
+                          'attn.key.norm', 'attn.key.proj',
+                          'attn.value.down_conv', 'attn.value.norm',
+                          'attn.value.proj', 'attn.output.proj',
+                          'layer_scale')),
+    ('conv', ('conv', 'bn1')),
+)
+
+
+def _call_order(modules) -> list:
+  """timm's module names (a state dict's, in any order: safetensors files
+  sort them) in call order; a ValueError names one that has no place."""
+  blocks, keys = {}, {}
+  for module in modules:
+    match = re.fullmatch(r'blocks\.(\d+)\.(\d+)\.(.+)', module)
+    if match:
+      stage, index, sub = match.groups()
+      blocks.setdefault((int(stage), int(index)), set()).add(sub)
+    elif module not in NETWORK_ORDER:
+      raise ValueError(f'cannot place timm module {module!r}: not one of '
+                       f'{NETWORK_ORDER} or blocks.N.M.*')
+  for (stage, index), subs in blocks.items():
+    order = next((order for marker, order in BLOCK_ORDERS if marker in subs),
+                 ())
+    for sub in subs:
+      if sub not in order:
+        raise ValueError(f'cannot place timm module blocks.{stage}.{index}.'
+                         f'{sub}: not in a timm MobileNet block {order}')
+      keys[f'blocks.{stage}.{index}.{sub}'] = (
+          NETWORK_ORDER.index('blocks'), stage, index, order.index(sub))
+  for module in modules:
+    if module in NETWORK_ORDER:
+      keys[module] = (NETWORK_ORDER.index(module),)
+  return sorted(modules, key=keys.__getitem__)
+
+
 def _timm_layers(state_dict: dict):
-  """timm's weighted modules in state-dict order: [(module name, kind,
+  """timm's weighted modules in call order: [(module name, kind,
   {(collection, key): (array in our layout, timm tensor name)})]."""
-  modules = {}
+  grouped = {}
   for name, value in state_dict.items():
     module, _, tensor = name.rpartition('.')
-    modules.setdefault(module, {})[tensor] = np.asarray(value)
+    grouped.setdefault(module, {})[tensor] = np.asarray(value)
+  modules = {module: grouped[module] for module in _call_order(grouped)}
   out = []
   for module, tensors in modules.items():
     tensors.pop('num_batches_tracked', None)

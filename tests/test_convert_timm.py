@@ -167,12 +167,20 @@ def test_another_width_names_the_first_tensor_that_differs():
                            'mobilenetv3_small_075')
 
 
-def test_a_missing_layer_names_the_first_unmatched():
+def test_a_module_with_another_name_is_named():
   state = _state_dict('mobilenetv1_100')
   for key in [k for k in state if k.startswith('classifier.')]:
-    state[key.replace('classifier', 'head_fc')] = state[key]
+    state[key.replace('classifier', 'head_fc')] = state.pop(key)
+  with pytest.raises(ValueError, match=r"^cannot place timm module 'head_fc'"):
+    convert_timm.from_timm(state, 'mobilenetv1_100')
+
+
+def test_a_missing_block_names_where_the_layers_part():
+  state = {k: v for k, v in _state_dict('mobilenetv1_100').items()
+           if not k.startswith('blocks.4.1.')}  # the last of 13 blocks
   with pytest.raises(ValueError,
-                     match=r"the first unmatched is timm 'head_fc'$"):
+                     match=r"^timm module 'classifier' \(dense\) lines up "
+                     r"with mobilenet_v1 \(alpha=1.0\) 'block_13/depthwise"):
     convert_timm.from_timm(state, 'mobilenetv1_100')
 
 
