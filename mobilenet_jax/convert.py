@@ -41,8 +41,6 @@ from mobilenet_jax import layer_order
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
 
-PREPROCESSING_FILE = 'preprocessing.json'  # in a timm conversion's folder
-
 
 def _keras_layers(keras_model: keras.Model):
   """Keras' weighted layers in order, [(layer, kind, {(collection, name):
@@ -189,7 +187,7 @@ def convert_timm_file(timm_checkpoint: str, timm_model: str, output: str,
   if timm_config:
     preprocessing.update(convert_timm.hub_preprocessing(timm_config))
   output.mkdir(parents=True, exist_ok=True)
-  (output / PREPROCESSING_FILE).write_text(json.dumps(preprocessing,
+  (output / pretrained.PREPROCESSING_FILE).write_text(json.dumps(preprocessing,
                                                       indent=2))
   pretrained.save_converted(
       output, variables, name=parsed.name, alpha=parsed.alpha,

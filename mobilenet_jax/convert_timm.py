@@ -173,9 +173,10 @@ def read_state_dict(path: str) -> dict:
 NETWORK_ORDER = ('conv_stem', 'bn1', 'blocks', 'conv_head', 'bn2',
                  'norm_head', 'classifier')
 _SE = ('se.conv_reduce', 'se.conv_expand')
-BLOCK_ORDERS = (  # (module only this block type has, its modules in order)
-    ('conv_pwl', ('conv_pw', 'bn1', 'conv_dw', 'bn2', *_SE, 'conv_pwl', 'bn3')),
+BLOCK_ORDERS = (  # (a module that tells the type, its modules in order);
+    # the first whose module the block has: EdgeResidual has a conv_pwl too.
     ('conv_exp', ('conv_exp', 'bn1', *_SE, 'conv_pwl', 'bn2')),
+    ('conv_pwl', ('conv_pw', 'bn1', 'conv_dw', 'bn2', *_SE, 'conv_pwl', 'bn3')),
     ('conv_dw', ('conv_dw', 'bn1', *_SE, 'conv_pw', 'bn2')),
     ('pw_proj.conv', ('dw_start.conv', 'dw_start.bn', 'pw_exp.conv',
                       'pw_exp.bn', 'dw_mid.conv', 'dw_mid.bn', *_SE,

@@ -55,7 +55,8 @@ from mobilenet_jax import pretrained
 from mobilenet_jax import writers
 
 QUANTIZATIONS = ('none', 'dynamic', 'int8')
-# Keras Applications weights (what `convert` reads) expect inputs in [-1, 1].
+# Keras Applications weights (what `convert` reads) expect inputs in [-1, 1];
+# timm conversions record theirs (`pretrained.converted_preprocessing`).
 CONVERTED_MEAN = CONVERTED_STD = (0.5, 0.5, 0.5)
 CONVERTED_RESOLUTION = 224
 
@@ -90,9 +91,12 @@ def load_source(directory: str, step: int | None = None,
       raise ValueError(f'step: {directory!r} is a converted model, which has '
                        'no steps')
     model_kwargs, variables = pretrained.load_converted(directory)
+    timm = pretrained.converted_preprocessing(directory) or {}
     return Source(model_kwargs={**model_kwargs, 'expansion': None},
-                  variables=variables, resolution=CONVERTED_RESOLUTION,
-                  mean=CONVERTED_MEAN, std=CONVERTED_STD, data_config=None,
+                  variables=variables,
+                  resolution=timm.get('input_size', CONVERTED_RESOLUTION),
+                  mean=tuple(timm.get('mean', CONVERTED_MEAN)),
+                  std=tuple(timm.get('std', CONVERTED_STD)), data_config=None,
                   checkpoint=os.fspath(checkpoint.absolute_path(directory)),
                   step=None, ema=False)
   if not (path / checkpoint.CONFIG_FILE).exists():

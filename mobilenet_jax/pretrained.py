@@ -7,6 +7,8 @@ from a Keras model):
                   name, width and classes, and the converted file; written
                   last, so that its presence marks a complete conversion
   DIR/variables/  an orbax checkpoint of {'params', 'batch_stats'}
+  DIR/preprocessing.json  (timm conversions) the source's {"mean", "std",
+                  "interpolation", "crop_pct", "input_size"}
 """
 
 import json
@@ -23,6 +25,7 @@ from mobilenet_jax import models
 
 MODEL_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
+PREPROCESSING_FILE = 'preprocessing.json'
 
 
 def abstract_variables(model: nn.Module) -> dict:
@@ -67,7 +70,14 @@ def load_converted(directory: str):
   return model_kwargs, variables
 
 
-# Keras Applications weights, what `convert` reads, were trained on ImageNet.
+def converted_preprocessing(directory: str) -> dict | None:
+  """A converted model's recorded preprocessing (timm's), or None (Keras
+  conversions record none)."""
+  path = checkpoint.absolute_path(directory) / PREPROCESSING_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+# Keras Applications and timm weights, what `convert` reads, were trained on ImageNet.
 CONVERTED_DATASET = 'imagenet2012'
 CLASSIFIER = 'classifier'  # the top Dense layer's name
 

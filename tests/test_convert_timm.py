@@ -19,6 +19,7 @@ import safetensors.numpy
 
 from mobilenet_jax import convert
 from mobilenet_jax import convert_timm
+from mobilenet_jax import export
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
 from mobilenet_jax import train
@@ -184,6 +185,18 @@ def test_a_missing_block_names_where_the_layers_part():
     convert_timm.from_timm(state, 'mobilenetv1_100')
 
 
+def test_export_takes_timms_preprocessing(tmp_path):
+  name = 'mobilenetv4_conv_medium'
+  output = tmp_path / 'converted'
+  convert.convert_timm_file(_checkpoint(name, tmp_path), name, str(output))
+  source = export.load_source(str(output))
+  expected = _fixture(name)['preprocessing']
+  assert (source.resolution, source.mean, source.std) == (
+      expected['input_size'], tuple(expected['mean']), tuple(expected['std']))
+  assert (source.model_kwargs['padding'],
+          source.model_kwargs['bn_epsilon']) == ('symmetric', 1e-5)
+
+
 @pytest.mark.multiprocess
 def test_cli_converts_with_hub_config_and_refuses_mistakes(tmp_path):
   name = 'mobilenetv4_conv_small_035'
@@ -200,7 +213,7 @@ def test_cli_converts_with_hub_config_and_refuses_mistakes(tmp_path):
   assert ('--config.model.padding=symmetric --config.model.bn_epsilon=1e-05 '
           '--config.data.mean=0.5,0.5,0.5 --config.data.std=0.5,0.5,0.5'
           in result.stdout)
-  recorded = json.loads((output / convert.PREPROCESSING_FILE).read_text())
+  recorded = json.loads((output / pretrained.PREPROCESSING_FILE).read_text())
   assert recorded == {**_fixture(name)['preprocessing'], 'input_size': 256,
                       'crop_pct': 1.0}
   meta = json.loads((output / pretrained.MODEL_FILE).read_text())
@@ -218,7 +231,7 @@ def test_cli_converts_with_hub_config_and_refuses_mistakes(tmp_path):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert not (tmp_path / 'new').exists()
-  assert json.loads((output / convert.PREPROCESSING_FILE).read_text()) == recorded
+  assert json.loads((output / pretrained.PREPROCESSING_FILE).read_text()) == recorded
 
 
 @pytest.mark.slow
