@@ -23,7 +23,7 @@ naming it. Layouts: conv kernels (O, I, kh, kw) -> (kh, kw, I, O), so a
 depthwise (C, 1, k, k) becomes (k, k, 1, C); a 1x1 conv where we have a
 Dense (V3's head) and a Linear (O, I) -> (I, O); BatchNorm weight, bias,
 running_mean, running_var -> scale, bias, mean, var (num_batches_tracked is
-dropped).
+dropped); a layer scale's gamma -> the block's layer_scale.
 """
 
 import dataclasses
@@ -245,6 +245,9 @@ def _timm_layers(state_dict: dict):
         kind = 'dense'
         tensors['weight'] = weight.T
       keys = {'weight': ('params', 'kernel'), 'bias': ('params', 'bias')}
+    elif set(tensors) == {'gamma'} and module.endswith('.layer_scale'):
+      kind = 'layer_scale'
+      keys = {'gamma': ('params', 'layer_scale')}
     else:
       shapes = ', '.join(f'{names[k]} {tuple(v.shape)}'
                          for k, v in tensors.items())

@@ -21,7 +21,8 @@ def _kind(module: nn.Module) -> str | None:
 
 def weighted_layers(model: nn.Module):
   """Our weighted modules in call order, [(path, kind)], and the variables'
-  shapes (the `reference` op set's modules)."""
+  shapes (the `reference` op set's modules; kinds as `_kind`, and
+  'layer_scale')."""
   calls = []
 
   def record(next_fun, args, kwargs, context):
@@ -32,4 +33,10 @@ def weighted_layers(model: nn.Module):
 
   with nn.intercept_methods(record):
     abstract = pretrained.abstract_variables(model.clone(ops='reference'))
+  # A layer scale (the V4 hybrids' blocks) is a parameter of the block
+  # itself, applied last: it follows the block's last module.
+  for block in abstract['params']:
+    if 'layer_scale' in abstract['params'][block]:
+      last = max(i for i, (path, _) in enumerate(calls) if path[0] == block)
+      calls.insert(last + 1, ((block,), 'layer_scale'))
   return calls, abstract

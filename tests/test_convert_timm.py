@@ -22,6 +22,7 @@ from mobilenet_jax import convert_timm
 from mobilenet_jax import export
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
+from mobilenet_jax import state as state_lib
 from mobilenet_jax import train
 
 import timm_weights
@@ -45,9 +46,10 @@ def _checkpoint(name: str, directory: pathlib.Path) -> str:
   return str(path)
 
 
-# Every family, both paddings ('same': tf_*), widths below and above 1. The
-# fast ones run on every `make test-fast`; the rest, and every model's native
-# resolution where it is not 224, are slow.
+# Every family (hybrids with Mobile MQA and layer scale included), both
+# paddings ('same': tf_*), widths below and above 1. The fast ones run on
+# every `make test-fast`; the rest, and every model's native resolution where
+# it is not 224, are slow.
 FAST = (
     ('mobilenetv2_050', 224),  # symmetric padding, width < 1
     ('mobilenetv3_small_050', 224),
@@ -63,6 +65,9 @@ SLOW = (
     ('mobilenetv4_conv_small', 224),
     ('mobilenetv4_conv_medium', 224), ('mobilenetv4_conv_medium', 256),
     ('mobilenetv4_conv_large', 224), ('mobilenetv4_conv_large', 384),
+    ('mobilenetv4_hybrid_medium', 224), ('mobilenetv4_hybrid_medium', 256),
+    ('mobilenetv4_hybrid_medium_075', 224),
+    ('mobilenetv4_hybrid_large', 224), ('mobilenetv4_hybrid_large', 384),
 )
 
 
@@ -94,9 +99,8 @@ def test_logits_match_timm_all_families(name, resolution, tmp_path):
 def test_every_recorded_model_is_tested():
   recorded = {p.stem for p in FIXTURES.glob('*.json')}
   tested = {name for name, _ in FAST + SLOW}
-  assert recorded - tested <= {'mobilenetv4_hybrid_medium',
-                               'mobilenetv4_hybrid_large'}
-  for name in recorded & tested:
+  assert recorded == tested
+  for name in recorded:
     native = _fixture(name)['preprocessing']['input_size']
     assert (name, native) in FAST + SLOW, (name, native)
 
@@ -228,16 +232,19 @@ def test_cli_converts_with_hub_config_and_refuses_mistakes(tmp_path):
     result = run_module('mobilenet_jax.convert',
                         f'--timm_checkpoint={checkpoint_file}', *args)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith('error:')]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert result.stderr.strip().endswith(errors[0])
   assert not (tmp_path / 'new').exists()
   assert json.loads((output / pretrained.PREPROCESSING_FILE).read_text()) == recorded
 
 
 @pytest.mark.slow
 def test_fine_tunes_from_a_converted_timm_checkpoint(data_dir, tmp_path):
-  """init_from a timm conversion with a new head (shapes' classes) trains;
-  with the backbone frozen, it stays the converted one exactly."""
+  """init_from a timm conversion, configured by the command's printed
+  overrides, with a new head (shapes' classes) trains; with the backbone
+  frozen, it stays the converted one exactly."""
   name = 'mobilenetv3_small_050'
   converted = tmp_path / 'converted'
   summary = convert.convert_timm_file(_checkpoint(name, tmp_path), name,
@@ -260,7 +267,14 @@ def test_fine_tunes_from_a_converted_timm_checkpoint(data_dir, tmp_path):
   new = traverse_util.flatten_dict(tuned.params)
   old = traverse_util.flatten_dict(source['params'])
   assert new['classifier', 'kernel'].shape == (1024, 10)  # shapes' classes
-  backbone = [k for k in old if k[0] != 'classifier']
-  assert backbone and set(backbone) == {k for k in new if k[0] != 'classifier'}
+  # freeze_backbone trains the top layers (V3's head Dense and the new
+  # classifier) only.
+  backbone = [k for k in old if k[0] not in state_lib.TOP_LAYERS]
+  assert backbone and set(backbone) == {
+      k for k in new if k[0] not in state_lib.TOP_LAYERS}
   for key in backbone:
     np.testing.assert_array_equal(old[key], new[key], err_msg=str(key))
+  old_stats = traverse_util.flatten_dict(source['batch_stats'])
+  new_stats = traverse_util.flatten_dict(tuned.batch_stats)
+  for key, value in old_stats.items():
+    np.testing.assert_array_equal(value, new_stats[key], err_msg=str(key))
