@@ -23,7 +23,8 @@ timm's mean, std, interpolation, crop_pct and input size):
   python -m mobilenet_jax.convert --keras_model=m.keras \
       --model=mobilenet_v2 --alpha=1.0 --output=DIR
   python -m mobilenet_jax.convert --timm_checkpoint=model.safetensors \
-      --timm_model=mobilenetv4_conv_small --output=DIR [--timm_config=config.json]
+      --timm_model=mobilenetv4_conv_small --output=DIR \
+      [--timm_config=config.json]
 """
 
 import json
@@ -187,25 +188,25 @@ def convert_timm_file(timm_checkpoint: str, timm_model: str, output: str,
   if timm_config:
     preprocessing.update(convert_timm.hub_preprocessing(timm_config))
   output.mkdir(parents=True, exist_ok=True)
-  (output / pretrained.PREPROCESSING_FILE).write_text(json.dumps(preprocessing,
-                                                      indent=2))
+  (output / pretrained.PREPROCESSING_FILE).write_text(
+      json.dumps(preprocessing, indent=2))
   pretrained.save_converted(
       output, variables, name=parsed.name, alpha=parsed.alpha,
       num_classes=model.num_classes, padding=parsed.padding,
       bn_epsilon=parsed.bn_epsilon,
       source=str(checkpoint.absolute_path(timm_checkpoint)))
-  def values(v):
-    return ','.join(str(x) for x in v)
+  mean, std = (','.join(map(str, preprocessing[k])) for k in ('mean', 'std'))
+  # Our pipeline resizes bilinearly whatever timm's interpolation.
   return (f'{timm_model} -> {output} ({parsed.name} alpha {parsed.alpha}, '
-          f'{preprocessing["input_size"]} px, '
-          f'{preprocessing["interpolation"]}, crop_pct '
-          f'{preprocessing["crop_pct"]}); use --config.init_from={output} '
+          f'timm resizes {preprocessing["interpolation"]}); use '
+          f'--config.init_from={output} '
           f'--config.model.name={parsed.name} '
           f'--config.model.alpha={parsed.alpha} '
           f'--config.model.padding={parsed.padding} '
           f'--config.model.bn_epsilon={parsed.bn_epsilon} '
-          f'--config.data.mean={values(preprocessing["mean"])} '
-          f'--config.data.std={values(preprocessing["std"])}')
+          f'--config.data.base_resolution={preprocessing["input_size"]} '
+          f'--config.data.eval_crop_fraction={preprocessing["crop_pct"]} '
+          f'--config.data.mean={mean} --config.data.std={std}')
 
 
 def main(argv):
@@ -236,7 +237,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('timm_checkpoint', None, 'A timm state dict: '
                       '.safetensors, or .pth/.bin where torch is installed.')
   flags.DEFINE_string('timm_model', None, 'timm\'s architecture name, e.g. '
-                      'mobilenetv4_conv_small (see mobilenet_jax/convert_timm.py)')
+                      'mobilenetv4_conv_small (mobilenet_jax/convert_timm.py '
+                      'lists them)')
   flags.DEFINE_string('timm_config', None, 'Optional: the model hub\'s '
                       'config.json, whose pretrained_cfg overrides the '
                       'recorded preprocessing.')

@@ -147,8 +147,10 @@ def test_cli_round_trip(saved_keras, tmp_path):
                    '--alpha=0.5', f'--output={output}')
   assert result.returncode == 0, result.stderr
   model_kwargs, variables = pretrained.load_converted(str(output))
+  # Keras pads like TensorFlow ('same') with BatchNorm epsilon 1e-3.
   assert model_kwargs == {'name': 'mobilenet_v1', 'alpha': 0.5,
-                          'num_classes': CLASSES}
+                          'num_classes': CLASSES, 'padding': 'same',
+                          'bn_epsilon': 1e-3}
   model = models.create_model(**model_kwargs)
   assert_logits_match(model, variables, keras_model('mobilenet_v1', 0.5))
 
