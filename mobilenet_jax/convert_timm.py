@@ -152,6 +152,8 @@ def read_state_dict(path: str) -> dict:
   """{name: numpy array} of a `.safetensors` file, or of a `.pth`/`.bin`
   torch state dict (needs torch; a training checkpoint's 'state_dict')."""
   suffix = pathlib.Path(path).suffix
+  if not pathlib.Path(path).is_file():
+    raise ValueError(f'timm_checkpoint {path!r} is not a file')
   if suffix == '.safetensors':
     return safetensors.numpy.load_file(path)
   if suffix not in ('.pth', '.bin', '.pt'):

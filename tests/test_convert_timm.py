@@ -150,6 +150,14 @@ def test_uncovered_names_say_why(timm_model, reason):
     convert_timm.parse_name(timm_model)
 
 
+def test_checkpoint_files_are_checked(tmp_path):
+  with pytest.raises(ValueError, match='is not a file'):
+    convert_timm.read_state_dict(str(tmp_path / 'missing.safetensors'))
+  (tmp_path / 'model.npz').write_bytes(b'')
+  with pytest.raises(ValueError, match=r'must end in \.safetensors, \.pth'):
+    convert_timm.read_state_dict(str(tmp_path / 'model.npz'))
+
+
 def test_a_tensor_with_another_name_is_named():
   state = _state_dict('mobilenetv3_small_050')
   state['blocks.1.0.conv_pw.kernel'] = state.pop('blocks.1.0.conv_pw.weight')
