@@ -48,10 +48,17 @@ def hard_swish(x):
   return x * hard_sigmoid(x)
 
 
+def gelu(x):
+  """The exact (erf) GELU, MobileNetV4-Hybrid-L's activation (timm's
+  `nn.GELU`, TF's `tf.nn.gelu` default)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
 ACTIVATIONS: dict[str, Activation] = {
     'relu': nn.relu,
     'relu6': relu6,
     'hard_swish': hard_swish,
+    'gelu': gelu,
     'identity': lambda x: x,
 }
 

@@ -17,7 +17,7 @@ from mobilenet_jax import config_check
 from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import specs
 from mobilenet_jax.blocks import (DepthwiseSeparable, FusedInvertedBottleneck,
-                                  InvertedResidual,
+                                  InvertedResidual, MobileMQA,
                                   UniversalInvertedBottleneck)
 from mobilenet_jax.layers import (ACTIVATIONS, low_precision_kwargs,
                                   make_divisible)
@@ -33,6 +33,7 @@ BLOCKS = {
     'inverted_residual': InvertedResidual,
     'uib': UniversalInvertedBottleneck,
     'fused_ib': FusedInvertedBottleneck,
+    'mqa': MobileMQA,
 }
 
 
@@ -114,12 +115,18 @@ def plan_layers(arch: specs.Architecture, alpha: float = 1.0,
       out = scale_width(row.out, alpha, arch.rounding)
       expanded = make_divisible(width * row.exp * (expansion or 1.0))
       block = dict(expanded=expanded, features=out, strides=row.stride,
-                   activation=specs.V4_ACTIVATION)
+                   activation=arch.block_activation)
       if isinstance(row, specs.FusedIB):
         add('fused_ib', row.stride, kernel_size=row.kernel, **block)
       else:
         add('uib', row.stride, start_kernel_size=row.start,
-            middle_kernel_size=row.middle, **block)
+            middle_kernel_size=row.middle, layer_scale=arch.layer_scale,
+            **block)
+    elif isinstance(row, specs.MQA):
+      out = scale_width(row.out, alpha, arch.rounding)
+      add('mqa', 1, heads=row.heads, key_dim=row.key_dim, features=out,
+          kv_stride=row.kv_stride, kernel_size=row.kernel,
+          layer_scale=arch.layer_scale)
     else:
       raise TypeError(f'unknown architecture row {row!r}')
     paper_width, width = row.out, out

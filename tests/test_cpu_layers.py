@@ -190,3 +190,16 @@ def test_cpu_op_set_equals_reference(name, train, padding='same'):
 def test_cpu_op_set_equals_reference_with_symmetric_padding(train):
   test_cpu_op_set_equals_reference('mobilenet_v3_small_minimal', train,
                                    padding='symmetric')
+
+
+# The hybrids (Mobile MQA in plain Flax beside the cpu kernels, layer
+# scales, Hybrid-L's GELU) in eval mode. In training mode at this size
+# their gradients agree to about 2e-4 of the largest, not 1e-4: BatchNorm
+# over the 16 values of a 2x2 map makes the layer scales' gradients
+# ill-conditioned (a 1e-6 relative change of the input moves the reference's
+# own by up to 25%).
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['mobilenet_v4_hybrid_medium',
+                                  'mobilenet_v4_hybrid_large'])
+def test_cpu_op_set_equals_reference_for_the_hybrids(name):
+  test_cpu_op_set_equals_reference(name, train=False)
