@@ -5,7 +5,9 @@ tensors' names and shapes (numpy only).
 logits; `tests/test_convert_timm.py` makes the same arrays again, converts
 them and compares. Scaled so that activations keep their size through the
 depth: kernels He-normal over their fan-in, BatchNorm scales near 1 and
-variances in [0.5, 1.5], biases and means small.
+variances in [0.5, 1.5], biases and means small, layer scales near 0.1 (near
+1, the residual stream of the hybrids' 30-odd blocks grows to ~1e9, where the
+attention's softmax is a hard argmax that a 1e-7 change of its input flips).
 """
 
 import numpy as np
@@ -21,7 +23,9 @@ def tensor(seed: int, index: int, name: str, shape, dtype: str) -> np.ndarray:
     value = rng.uniform(0.5, 1.5, shape)
   elif name.endswith(('running_mean', 'bias')):
     value = 0.1 * rng.standard_normal(shape)
-  elif len(shape) == 1:  # BatchNorm scale, layer scale
+  elif name.endswith('layer_scale.gamma'):
+    value = 0.1 + 0.01 * rng.standard_normal(shape)
+  elif len(shape) == 1:  # BatchNorm scale
     value = 1.0 + 0.1 * rng.standard_normal(shape)
   else:  # conv (O, I, kh, kw) or linear (O, I)
     value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
