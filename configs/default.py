@@ -34,6 +34,7 @@ def get_config():
   config.model.dtype = 'float32'  # compute dtype; parameters stay float32
   # Short runs need a short BatchNorm memory; the references use 0.99-0.999.
   config.model.bn_momentum = 0.9
+  config.model.bn_epsilon = 1e-3  # TF's; timm's (PyTorch) weights use 1e-5
   # Which op set computes the network: 'reference' (plain Flax: nn.Conv with
   # feature_group_count depthwise, nn.BatchNorm; what TPU, GPU and export
   # run), 'cpu' (XLA:CPU kernels, tested equal to reference), 'auto' (cpu on
@@ -42,6 +43,9 @@ def get_config():
   # Under bfloat16/float16: kernel and bias gradients in float32 (a custom
   # transpose, layers.float32_weight_grad); false: plain Flax layers.
   config.model.float32_weight_grads = True
+  # Convolution padding: 'same' (TensorFlow's, the extra pixel after on
+  # stride 2) or 'symmetric' (PyTorch's k // 2 on both sides: timm weights).
+  config.model.padding = 'same'
 
   # The input pipeline (mobilenet_jax/data/pipeline.py documents each field).
   config.data = ml_collections.ConfigDict()

@@ -15,5 +15,5 @@ from configs import imagenet_mobilenet_v4_conv_medium
 
 def get_config(arg=None):
   return imagenet_mobilenet_v4_conv_medium.get_config(
-      arg, size='large', resolution=384, batch_size=16384, warmup_epochs=20.0,
-      weight_decay=0.2)
+      arg, size='conv_large', resolution=384, batch_size=16384,
+      warmup_epochs=20.0, weight_decay=0.2)

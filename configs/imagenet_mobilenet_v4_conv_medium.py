@@ -20,15 +20,16 @@ from configs import config_args
 from configs import imagenet_mobilenet_v2
 
 
-def get_config(arg=None, size='medium', resolution=256, epochs=500.0,
+def get_config(arg=None, size='conv_medium', resolution=256, epochs=500.0,
                batch_size=4096, learning_rate=0.004, warmup_epochs=5.0,
                weight_decay=0.1, dropout_rate=0.2):
-  """The Conv-M recipe; `imagenet_mobilenet_v4_conv_{small,large}.py` call it
-  with their own defaults (`learning_rate` at `batch_size`)."""
+  """The Conv-M recipe for `mobilenet_v4_{size}`;
+  `imagenet_mobilenet_v4_{conv_small,conv_large,hybrid_medium,hybrid_large}
+  .py` call it with their own defaults (`learning_rate` at `batch_size`)."""
   args = config_args.parse_arg(arg, alpha=1.0, rho=1.0, t=0.0, epochs=epochs,
                                batch_size=batch_size)
   config = imagenet_mobilenet_v2.get_config(
-      f'model=mobilenet_v4_conv_{size},alpha={args.alpha},rho={args.rho},'
+      f'model=mobilenet_v4_{size},alpha={args.alpha},rho={args.rho},'
       f't={args.t},epochs={args.epochs},batch_size={args.batch_size}')
   config.data.base_resolution = resolution
   config.model.dropout_rate = dropout_rate

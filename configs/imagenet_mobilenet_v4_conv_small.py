@@ -17,7 +17,7 @@ from configs import imagenet_mobilenet_v4_conv_medium
 
 def get_config(arg=None):
   config = imagenet_mobilenet_v4_conv_medium.get_config(
-      arg, size='small', resolution=224, epochs=9600.0, learning_rate=0.002,
+      arg, size='conv_small', resolution=224, epochs=9600.0, learning_rate=0.002,
       weight_decay=0.01, dropout_rate=0.3)
   config.model.bn_momentum = 0.95
   config.optim.adam_b1 = 0.6

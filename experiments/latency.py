@@ -17,9 +17,9 @@ with `weights=None` on a [1, R, R, 3] input, logits out
 converted by `TFLiteConverter.from_keras_model` with the same converter
 settings (`export.configure_converter`) and the same calibration images.
 
-R is 224 unless `--resolution` is given, except MobileNetV4 Conv-M and
-Conv-L, which run at their recipes' resolutions (256 and 384 px;
-`configs/imagenet_mobilenet_v4_conv_*.py`), as the V4 paper reports them.
+R is 224 unless `--resolution` is given, except MobileNetV4 Conv-M/L and
+Hybrid-M/L, which run at their recipes' resolutions (256 and 384 px;
+`configs/imagenet_mobilenet_v4_*.py`), as the V4 paper reports them.
 
 Timing: every export gets `instances` LiteRT interpreters (XNNPACK, 1
 thread, batch 1, one random input as `bench --tflite` gives it), all built
@@ -60,12 +60,15 @@ DEFAULT_MODELS = ('mobilenet_v1', 'mobilenet_v1_standard', 'mobilenet_v2',
                   'mobilenet_v3_large', 'mobilenet_v3_small',
                   'mobilenet_v3_large_minimal', 'mobilenet_v3_small_minimal',
                   'mobilenet_v4_conv_small', 'mobilenet_v4_conv_medium',
-                  'mobilenet_v4_conv_large')
+                  'mobilenet_v4_conv_large', 'mobilenet_v4_hybrid_medium',
+                  'mobilenet_v4_hybrid_large')
 SYSTEMS = ('ours', 'keras')
 QUANTIZATIONS = ('none', 'int8')
 # Their recipes' (and the V4 paper's) resolutions, where not 224.
 NATIVE_RESOLUTION = {'mobilenet_v4_conv_medium': 256,
-                     'mobilenet_v4_conv_large': 384}
+                     'mobilenet_v4_conv_large': 384,
+                     'mobilenet_v4_hybrid_medium': 256,
+                     'mobilenet_v4_hybrid_large': 384}
 # Keras Applications' builder and keywords for our registry names.
 KERAS = {
     'mobilenet_v1': ('MobileNet', {}),

@@ -1,6 +1,7 @@
 """The MobileNet blocks: V1's depthwise-separable pair, V2/V3's inverted
-residual, V4's universal inverted bottleneck and fused inverted bottleneck.
-(V1's table 4 baseline uses plain `ConvBN` layers in their place.)
+residual, V4's universal inverted bottleneck, fused inverted bottleneck and
+Mobile MQA. (V1's table 4 baseline uses plain `ConvBN` layers in their
+place.)
 
 Each block receives an `ops.OpSet` and builds its layers through it; with
 `ops.OP_SETS['reference']` every layer is `layers.ConvBN` (plain Flax) or
@@ -11,8 +12,10 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from mobilenet_jax import layers
 from mobilenet_jax import ops as ops_lib
 
 
@@ -21,12 +24,14 @@ def _kw(default):
 
 
 class Block(nn.Module):
-  """What every block shares: the op set, BatchNorm settings and compute
+  """What every block shares: the op set, BatchNorm settings, convolution
+  padding ('same' or 'symmetric', `layers.conv_padding`) and compute
   dtype (keyword-only, so that each block lists its own fields first), its
   layers built through `conv_bn`, and the identity shortcut."""
   ops: ops_lib.OpSet = _kw(ops_lib.OP_SETS['reference'])
   bn_momentum: float = _kw(0.99)
   bn_epsilon: float = _kw(1e-3)
+  padding: str = _kw('same')
   dtype: Any = _kw(jnp.float32)
   float32_weight_grads: bool = _kw(True)
 
@@ -35,8 +40,19 @@ class Block(nn.Module):
     return self.ops.conv_bn(features, kernel_size, strides, activation,
                             depthwise=depthwise, name=name,
                             bn_momentum=self.bn_momentum,
-                            bn_epsilon=self.bn_epsilon, dtype=self.dtype,
+                            bn_epsilon=self.bn_epsilon, padding=self.padding,
+                            dtype=self.dtype,
                             float32_weight_grads=self.float32_weight_grads)
+
+  def scale_layer(self, x, init: float | None):
+    """x times a learned per-channel `layer_scale` started at `init` (CaiT's
+    LayerScale; the V4 hybrids' UIB and MQA blocks, init 1e-5); x itself
+    when `init` is None."""
+    if init is None:
+      return x
+    gamma = self.param('layer_scale', nn.initializers.constant(init),
+                       (x.shape[-1],), jnp.float32)
+    return x * gamma.astype(x.dtype)
 
   def residual(self, x, shortcut):
     """x + shortcut when the stride is 1 and the width is unchanged."""
@@ -101,7 +117,8 @@ class UniversalInvertedBottleneck(Block):
   V2's inverted residual (IB), start only ConvNeXt-like, both ExtraDW,
   neither an FFN. The stride sits on the middle depthwise, or on the start
   one without it (TF Model Garden, timm). Unlike `InvertedResidual`, the
-  expansion is always there (as in both).
+  expansion is always there (as in both). `layer_scale`: the initial
+  layer scale after the projection (the hybrids'), None for none.
   """
   expanded: int
   features: int
@@ -109,6 +126,7 @@ class UniversalInvertedBottleneck(Block):
   middle_kernel_size: int = 3
   strides: int = 1
   activation: str = 'relu'
+  layer_scale: float | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -129,7 +147,7 @@ class UniversalInvertedBottleneck(Block):
                        self.activation, name='depthwise',
                        depthwise=True)(x, train)
     x = self.conv_bn(self.features, 1, 1, 'identity', name='project')(x, train)
-    return self.residual(x, shortcut)
+    return self.residual(self.scale_layer(x, self.layer_scale), shortcut)
 
 
 class FusedInvertedBottleneck(Block):
@@ -149,3 +167,74 @@ class FusedInvertedBottleneck(Block):
                      self.activation, name='expand')(x, train)
     x = self.conv_bn(self.features, 1, 1, 'identity', name='project')(x, train)
     return self.residual(x, shortcut)
+
+
+class MultiQueryAttention(nn.Module):
+  """softmax(q k^T / sqrt(d)) v with `heads` query heads sharing one key
+  head and one value head (multi-query attention, Shazeer 2019; the V4
+  paper's Mobile MQA equation). q: (N, L, heads, d), k: (N, S, d),
+  v: (N, S, d_v) -> (N, L, heads, d_v). No variables: a module of its own
+  so that `costs` counts its two matmuls (L * heads * S * (d + d_v)
+  multiply-adds). Softmax in float32."""
+
+  @nn.compact
+  def __call__(self, q, k, v):
+    logits = jnp.einsum('nlhd,nsd->nlhs', q, k) / jnp.sqrt(
+        jnp.asarray(q.shape[-1], q.dtype))
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.einsum('nlhs,nsd->nlhd', weights.astype(v.dtype), v)
+
+
+class MobileMQA(Block):
+  """V4's Mobile MQA block (the paper's section 'Mobile MQA'; timm's
+  `MobileAttention` with `MultiQueryAttention2d`, TF Model Garden's
+  `MultiHeadSelfAttentionBlock` with `OptimizedMultiQueryAttentionLayer
+  WithDownSampling`).
+
+  BatchNorm pre-norm ('norm'); 1x1 query projection to heads x key_dim
+  ('query'); one key and one value head, each a `kernel_size` depthwise
+  conv of stride `kv_stride` + BN ('key_down', 'value_down'; only when
+  kv_stride > 1) then a 1x1 projection to key_dim ('key', 'value');
+  `MultiQueryAttention` over all positions; 1x1 output projection
+  ('output'); layer scale; identity shortcut when the width is unchanged.
+  The projections have no bias and start Xavier-uniform (timm's init).
+  The cpu op set computes this block in plain Flax but for the downsampling
+  convs (its `conv_bn`).
+  """
+  heads: int
+  key_dim: int
+  features: int
+  kv_stride: int = 1
+  kernel_size: int = 3
+  layer_scale: float | None = None
+
+  def _project(self, features: int, name: str):
+    return nn.Conv(features, (1, 1), use_bias=False,
+                   kernel_init=nn.initializers.xavier_uniform(),
+                   dtype=self.dtype, name=name,
+                   **layers.low_precision_kwargs(self.dtype))
+
+  def _key_or_value(self, x, name: str, train: bool):
+    if self.kv_stride > 1:
+      x = self.conv_bn(x.shape[-1], self.kernel_size, self.kv_stride,
+                       'identity', name=f'{name}_down',
+                       depthwise=True)(x, train)
+    x = self._project(self.key_dim, name)(x)
+    return x.reshape(x.shape[0], -1, self.key_dim)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    shortcut = x
+    n, h, w, _ = x.shape
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_epsilon, dtype=self.dtype,
+                     name='norm')(x)
+    q = self._project(self.heads * self.key_dim, 'query')(x).reshape(
+        n, h * w, self.heads, self.key_dim)
+    k = self._key_or_value(x, 'key', train)
+    v = self._key_or_value(x, 'value', train)
+    o = MultiQueryAttention(name='attention')(q, k, v)
+    x = self._project(self.features, 'output')(
+        o.reshape(n, h, w, self.heads * self.key_dim))
+    x = self.scale_layer(x, self.layer_scale)
+    return x + shortcut if shortcut.shape[-1] == self.features else x

@@ -16,6 +16,9 @@ from mobilenet_jax import specs
 MODEL_NAMES = tuple(sorted(specs.ARCHITECTURES))
 # model.ops: 'auto' and the op sets of `mobilenet_jax.ops`.
 OP_SET_NAMES = ('auto', 'reference', 'cpu')
+# model.padding: TensorFlow's 'SAME' (the extra pixel after, on stride 2) or
+# PyTorch's k // 2 on both sides (timm's models); see `layers.conv_padding`.
+PADDINGS = ('same', 'symmetric')
 # model.dtype: the compute dtypes (parameters stay float32).
 DTYPES = ('float32', 'bfloat16', 'float16')
 # The smallest input side the models accept.
@@ -119,10 +122,12 @@ def check_optim_config(c) -> None:
 
 
 def check_model_config(m) -> None:
-  """The `model` fields: name, ops and dtype among their allowed values,
-  alpha, expansion, dropout_rate and bn_momentum in range."""
+  """The `model` fields: name, ops, padding and dtype among their allowed
+  values, alpha, expansion, dropout_rate, bn_momentum and bn_epsilon in
+  range."""
   one_of('model.name', m.name, MODEL_NAMES)
   one_of('model.ops', m.get('ops', 'auto'), OP_SET_NAMES)
+  one_of('model.padding', m.get('padding', 'same'), PADDINGS)
   one_of('model.dtype', m.dtype, DTYPES)
   one_of('model.float32_weight_grads', m.get('float32_weight_grads', True),
          (True, False))
@@ -133,6 +138,9 @@ def check_model_config(m) -> None:
   check_unit_interval('model.dropout_rate', m.dropout_rate)
   if m.get('bn_momentum') is not None:
     check_unit_interval('model.bn_momentum', m.bn_momentum)
+  epsilon = m.get('bn_epsilon', 1e-3)
+  if not (_is_number(epsilon) and epsilon > 0):
+    raise ValueError(f'model.bn_epsilon must be > 0, got {epsilon!r}')
 
 
 def check_config(config) -> None:

@@ -15,11 +15,19 @@ Conv2D head/classifier (1, 1, in, out) is our nn.Dense (in, out); BatchNorm
 gamma/beta/moving_mean/moving_variance are scale/bias/mean/var.
 
 Command line (writes a converted-model folder, `mobilenet_jax.pretrained`'s
-format, which `init_from` and `pretrained.load_converted` read):
+format, which `init_from` and `pretrained.load_converted` read), from Keras
+or, with `convert_timm`, from a timm state dict (the model, alpha, padding
+and BatchNorm epsilon follow from timm's name; DIR/preprocessing.json keeps
+timm's mean, std, interpolation, crop_pct and input size):
 
   python -m mobilenet_jax.convert --keras_model=m.keras \
       --model=mobilenet_v2 --alpha=1.0 --output=DIR
+  python -m mobilenet_jax.convert --timm_checkpoint=model.safetensors \
+      --timm_model=mobilenetv4_conv_small --output=DIR \
+      [--timm_config=config.json]
 """
+
+import json
 
 if __name__ == '__main__':
   # Before the imports that load TensorFlow.
@@ -28,7 +36,6 @@ if __name__ == '__main__':
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 from flax import traverse_util
 import jax.numpy as jnp
 import keras
@@ -36,36 +43,10 @@ import keras
 from mobilenet_jax import checkpoint
 from mobilenet_jax import cli
 from mobilenet_jax import config_check
+from mobilenet_jax import convert_timm
+from mobilenet_jax import layer_order
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
-
-
-def _our_kind(module: nn.Module) -> str | None:
-  """A weighted module's kind, as `_keras_layers` names Keras' (None for
-  others; nn.Dense is no nn.Conv subclass)."""
-  if isinstance(module, nn.BatchNorm):
-    return 'batch_norm'
-  if isinstance(module, nn.Dense):
-    return 'dense'
-  if isinstance(module, nn.Conv):
-    return 'depthwise' if module.feature_group_count > 1 else 'conv'
-  return None
-
-
-def _our_layers(model: nn.Module):
-  """Our weighted modules in call order, [(path, kind)], and the variables'
-  shapes."""
-  calls = []
-
-  def record(next_fun, args, kwargs, context):
-    kind = _our_kind(context.module)
-    if context.method_name == '__call__' and kind:
-      calls.append((context.module.path, kind))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    abstract = pretrained.abstract_variables(model.clone(ops='reference'))
-  return calls, abstract
 
 
 def _keras_layers(keras_model: keras.Model):
@@ -135,7 +116,7 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
   model = models.create_model(name, alpha=alpha,
                               num_classes=keras_model.output_shape[-1],
                               **create_model_kwargs)
-  ours, abstract = _our_layers(model)
+  ours, abstract = layer_order.weighted_layers(model)
   theirs = _keras_layers(keras_model)
   flat_abstract = traverse_util.flatten_dict(abstract)
   flat = {}
@@ -176,6 +157,15 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
   return model, traverse_util.unflatten_dict(flat)
 
 
+def _new_output(output: str):
+  """`output` as a path; a ConfigError if it exists and is not empty."""
+  output = checkpoint.absolute_path(output)
+  if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    raise config_check.ConfigError(
+        f'output {output} exists and is not empty; refusing to overwrite it')
+  return output
+
+
 def convert_file(keras_path: str, name: str, output: str,
                  alpha: float = 1.0) -> str:
   """Converts a saved `.keras` model into the converted-model folder
@@ -184,11 +174,7 @@ def convert_file(keras_path: str, name: str, output: str,
   if name not in models.REGISTRY:
     raise config_check.ConfigError(
         f'model must be one of {sorted(models.REGISTRY)}, got {name!r}')
-  output = checkpoint.absolute_path(output)
-  if output.exists() and (not output.is_dir() or any(output.iterdir())):
-    raise config_check.ConfigError(
-        f'output {output} exists and is not empty; refusing to '
-        'overwrite it')
+  output = _new_output(output)
   model, variables = from_keras(keras.models.load_model(keras_path), name,
                                 alpha=alpha)
   source = str(checkpoint.absolute_path(keras_path))
@@ -207,21 +193,72 @@ def summary_line(output, name: str, alpha: float, num_classes: int,
           f'from {source}')
 
 
+def convert_timm_file(timm_checkpoint: str, timm_model: str, output: str,
+                      timm_config: str | None = None) -> str:
+  """Converts a timm state dict (`convert_timm`) into the converted-model
+  folder `output`, which must not exist or be empty, with timm's
+  preprocessing (the name's, or `timm_config`'s, a model hub config.json)
+  in preprocessing.json. Returns a one-line summary with the config
+  overrides that train, fine-tune or evaluate the model as timm does."""
+  output = _new_output(output)
+  source = str(checkpoint.absolute_path(timm_checkpoint))
+  model, variables, parsed = convert_timm.from_timm(
+      convert_timm.read_state_dict(timm_checkpoint), timm_model)
+  preprocessing = dict(parsed.preprocessing)
+  if timm_config:
+    preprocessing.update(convert_timm.hub_preprocessing(timm_config))
+  output.mkdir(parents=True, exist_ok=True)
+  (output / pretrained.PREPROCESSING_FILE).write_text(
+      json.dumps(preprocessing, indent=2))
+  pretrained.save_converted(
+      output, variables, name=parsed.name, alpha=parsed.alpha,
+      num_classes=model.num_classes, padding=parsed.padding,
+      bn_epsilon=parsed.bn_epsilon, source=source)
+  mean, std = (','.join(map(str, preprocessing[k])) for k in ('mean', 'std'))
+  # Our pipeline resizes bilinearly whatever timm's interpolation.
+  return (summary_line(output, parsed.name, parsed.alpha, model.num_classes,
+                       f'{source} ({timm_model})') +
+          f'; timm resizes {preprocessing["interpolation"]}; use '
+          f'--config.init_from={output} '
+          f'--config.model.name={parsed.name} '
+          f'--config.model.alpha={parsed.alpha} '
+          f'--config.model.padding={parsed.padding} '
+          f'--config.model.bn_epsilon={parsed.bn_epsilon} '
+          f'--config.data.base_resolution={preprocessing["input_size"]} '
+          f'--config.data.eval_crop_fraction={preprocessing["crop_pct"]} '
+          f'--config.data.mean={mean} --config.data.std={std}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  print(convert_file(flags.FLAGS.keras_model, flags.FLAGS.model,
-                     flags.FLAGS.output, flags.FLAGS.alpha))
+  keras_args = flags.FLAGS.keras_model, flags.FLAGS.model
+  timm_args = flags.FLAGS.timm_checkpoint, flags.FLAGS.timm_model
+  if all(timm_args) and not any(keras_args):
+    print(convert_timm_file(*timm_args, flags.FLAGS.output,
+                            flags.FLAGS.timm_config))
+  elif all(keras_args) and not any(timm_args) and not flags.FLAGS.timm_config:
+    print(convert_file(*keras_args, flags.FLAGS.output, flags.FLAGS.alpha))
+  else:
+    raise config_check.ConfigError(
+        'give either --keras_model and --model, or --timm_checkpoint and '
+        '--timm_model')
 
 
 if __name__ == '__main__':
   # Defined here, not at import, so that importing this module (e.g. for
   # `from_keras`) adds no global flags.
-  flags.DEFINE_string('keras_model', None, 'A saved Keras model (.keras).',
-                      required=True)
-  flags.DEFINE_string('model', None, 'Our registry name, e.g. mobilenet_v2.',
-                      required=True)
+  flags.DEFINE_string('keras_model', None, 'A saved Keras model (.keras).')
+  flags.DEFINE_string('model', None, 'Our registry name, e.g. mobilenet_v2.')
   flags.DEFINE_float('alpha', 1.0, 'The Keras model\'s width multiplier.')
+  flags.DEFINE_string('timm_checkpoint', None, 'A timm state dict: '
+                      '.safetensors, or .pth/.bin where torch is installed.')
+  flags.DEFINE_string('timm_model', None, 'timm\'s architecture name, e.g. '
+                      'mobilenetv4_conv_small (mobilenet_jax/convert_timm.py '
+                      'lists them)')
+  flags.DEFINE_string('timm_config', None, 'Optional: the model hub\'s '
+                      'config.json, whose pretrained_cfg overrides the '
+                      'recorded preprocessing.')
   flags.DEFINE_string('output', None, 'A new (or empty) output directory.',
                       required=True)
   cli.run(main)

@@ -8,7 +8,9 @@ are these; the `cpu` set has the same variables and arithmetic). MACs follow
 the V1 paper's cost model (section 3.1, equations 1-5): a k x k convolution with `groups` groups costs
 out_h * out_w * out_c * k * k * in_c / groups, a dense layer in * out. Only
 convolutions and dense layers count (squeeze-and-excite's two 1x1 convs
-included); biases, BatchNorm, activations, pooling, the SE gate's rescale and
+included), and V4's Mobile MQA attention (`blocks.MultiQueryAttention`: its
+two matmuls q k^T and weights v, L * heads * S * (d + d_v) for L query and
+S key/value positions, as torch's FlopCounterMode counts them); biases, BatchNorm, activations, pooling, the SE gate's rescale and
 residual additions do not, as in the papers' tables. With that convention
 V1 and V2 match their tables to 0.3%; V3-Large comes to 216.6M, TF-slim's 217M
 for the released model (the V3 paper's table 3 prints 219M).
@@ -27,7 +29,8 @@ from flax import traverse_util
 
 from mobilenet_jax import config_check
 from mobilenet_jax import models
-from mobilenet_jax.blocks import DepthwiseSeparable, InvertedResidual
+from mobilenet_jax.blocks import (DepthwiseSeparable, InvertedResidual,
+                                  MultiQueryAttention)
 
 PADDINGS = ('SAME', 'VALID')
 
@@ -89,11 +92,12 @@ class Layer:
   """One convolution or dense layer of a model.
 
   name: module path, e.g. 'block_3/depthwise/conv'.
-  kind: 'conv', 'depthwise' or 'dense'.
-  input_shape, output_shape: per example (H, W, C) or (C,).
-  kernel_size: (k_h, k_w); (1, 1) for dense layers.
+  kind: 'conv', 'depthwise', 'dense' or 'attention'.
+  input_shape, output_shape: per example (H, W, C) or (C,); for attention
+    the queries' (L, heads, d) and the output's (L, heads, d_v).
+  kernel_size: (k_h, k_w); (1, 1) for dense layers and attention.
   groups: C for a depthwise conv, else nn.Conv's feature_group_count (1 for
-    dense layers).
+    dense layers and attention).
   params, batch_stats: the layer's variables plus those of the layers without
     MACs called after it (its BatchNorm's scale, bias, mean and variance).
   macs: multiply-adds per example.
@@ -136,15 +140,17 @@ class Profile:
 @dataclasses.dataclass(frozen=True)
 class _Call:
   """One intercepted module call; shapes (batch dimension dropped) are
-  recorded for convolutions and dense layers only."""
+  recorded for convolutions, dense layers and attention (whose keys' shape
+  is `key_shape`) only."""
   path: tuple[str, ...]
   module: nn.Module
   input_shape: tuple[int, ...]
   output_shape: tuple[int, ...]
   block: tuple[str, ...] | None  # path of the enclosing MobileNet block
+  key_shape: tuple[int, ...] = ()
 
 
-_COMPUTE = (nn.Conv, nn.Dense)
+_COMPUTE = (nn.Conv, nn.Dense, MultiQueryAttention)
 _BLOCKS = (DepthwiseSeparable, InvertedResidual)
 
 
@@ -164,8 +170,10 @@ def _trace(model: nn.Module, resolution: int):
     shapes = ((), ())
     if isinstance(module, _COMPUTE):
       shapes = tuple(args[0].shape[1:]), tuple(out.shape[1:])
+    key_shape = (tuple(args[1].shape[1:])
+                 if isinstance(module, MultiQueryAttention) else ())
     calls.append(_Call(module.path, module, *shapes,
-                       blocks[-1] if blocks else None))
+                       blocks[-1] if blocks else None, key_shape))
     return out
 
   # A fresh function per call, so that no cached trace skips the interceptor.
@@ -188,6 +196,12 @@ def _sizes(tree) -> dict[tuple[str, ...], int]:
 
 def _compute_layer(call: _Call, params: int, batch_stats: int) -> Layer:
   module = call.module
+  if isinstance(module, MultiQueryAttention):
+    (queries, heads, d), (keys, _) = call.input_shape, call.key_shape
+    macs = queries * heads * keys * (d + call.output_shape[-1])
+    return Layer('/'.join(call.path), 'attention', call.input_shape,
+                 call.output_shape, (1, 1), 1, params, batch_stats, macs,
+                 standard_macs=macs)
   if isinstance(module, nn.Conv):
     groups = module.feature_group_count
     kind = 'depthwise' if 1 < groups == call.input_shape[-1] else 'conv'

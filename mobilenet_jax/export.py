@@ -60,7 +60,8 @@ from mobilenet_jax import models
 from mobilenet_jax import pretrained
 
 QUANTIZATIONS = ('none', 'dynamic', 'int8')
-# Keras Applications weights (what `convert` reads) expect inputs in [-1, 1].
+# Keras Applications weights (what `convert` reads) expect inputs in [-1, 1];
+# timm conversions record theirs (`pretrained.converted_preprocessing`).
 CONVERTED_MEAN = CONVERTED_STD = (0.5, 0.5, 0.5)
 CONVERTED_RESOLUTION = 224
 
@@ -70,7 +71,7 @@ class Source:
   """Variables to export and what they were trained with.
 
   model_kwargs: `models.create_model` keywords (name, alpha, expansion,
-    num_classes). data_config: the run's `config.data` (None for a
+    num_classes, padding, bn_epsilon). data_config: the run's `config.data` (None for a
     converted model). step: the checkpoint's step (None: converted).
   """
   model_kwargs: dict
@@ -96,9 +97,12 @@ def load_source(directory: str, step: int | None = None,
           f'step: {directory!r} is a converted model, which has '
           'no steps')
     model_kwargs, variables = pretrained.load_converted(directory)
+    timm = pretrained.converted_preprocessing(directory) or {}
     return Source(model_kwargs={**model_kwargs, 'expansion': None},
-                  variables=variables, resolution=CONVERTED_RESOLUTION,
-                  mean=CONVERTED_MEAN, std=CONVERTED_STD, data_config=None,
+                  variables=variables,
+                  resolution=timm.get('input_size', CONVERTED_RESOLUTION),
+                  mean=tuple(timm.get('mean', CONVERTED_MEAN)),
+                  std=tuple(timm.get('std', CONVERTED_STD)), data_config=None,
                   checkpoint=os.fspath(checkpoint.absolute_path(directory)),
                   step=None, ema=False)
   if not (path / checkpoint.CONFIG_FILE).exists():
@@ -122,7 +126,9 @@ def load_source(directory: str, step: int | None = None,
   return Source(
       model_kwargs={'name': config.model.name, 'alpha': config.model.alpha,
                     'expansion': config.model.get('expansion'),
-                    'num_classes': evaluator.num_classes},
+                    'num_classes': evaluator.num_classes,
+                    'padding': config.model.get('padding', 'same'),
+                    'bn_epsilon': config.model.get('bn_epsilon', 1e-3)},
       variables=jax.device_get(
           evaluation.evaluation_variables(state, evaluator.use_ema)),
       resolution=evaluator.resolution, mean=tuple(config.data.mean),
@@ -349,6 +355,7 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
   meta = {
       'model': kwargs['name'], 'alpha': kwargs['alpha'],
       'expansion': kwargs['expansion'], 'num_classes': kwargs['num_classes'],
+      'padding': kwargs['padding'],
       'resolution': resolution, 'mean': list(loaded.mean),
       'std': list(loaded.std), 'quantization': quantize,
       'float_io': quantize != 'int8' or float_io,

@@ -4,7 +4,8 @@ These are the `reference` op set (`mobilenet_jax.ops`): `nn.Conv` for every
 convolution, depthwise ones as `nn.Conv(feature_group_count=C)`,
 `nn.BatchNorm`, no custom gradients in float32. Conventions follow the
 authors' TensorFlow references (TF-slim, Keras Applications): NHWC, 'SAME'
-padding (the extra pixel after, on stride 2), BatchNorm epsilon 1e-3.
+padding (the extra pixel after, on stride 2), BatchNorm epsilon 1e-3;
+`padding='symmetric'` pads as PyTorch (timm) does instead (`conv_padding`).
 
 With a lower-precision compute dtype (bfloat16 on TPU), every `nn.Conv` and
 `nn.Dense` gets `low_precision_kwargs`: the same forward pass, but weight and
@@ -20,6 +21,8 @@ import jax
 from jax import lax
 from jax.interpreters import ad
 import jax.numpy as jnp
+
+from mobilenet_jax import config_check
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -45,10 +48,17 @@ def hard_swish(x):
   return x * hard_sigmoid(x)
 
 
+def gelu(x):
+  """The exact (erf) GELU, MobileNetV4-Hybrid-L's activation (timm's
+  `nn.GELU`, TF's `tf.nn.gelu` default)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
 ACTIVATIONS: dict[str, Activation] = {
     'relu': nn.relu,
     'relu6': relu6,
     'hard_swish': hard_swish,
+    'gelu': gelu,
     'identity': lambda x: x,
 }
 
@@ -147,6 +157,21 @@ def low_precision_kwargs(dtype: Any, dense: bool = False,
           'conv_general_dilated': conv_general_dilated_f32_weight_grad}
 
 
+PADDINGS = config_check.PADDINGS  # the allowed `padding` values
+
+
+def conv_padding(padding: str, kernel_size: int):
+  """`nn.Conv`'s padding for a k x k convolution: 'same' is TensorFlow's
+  'SAME' (total max((out - 1) * s + k - n, 0), the extra pixel after);
+  'symmetric' is PyTorch's `padding=k // 2` on both sides (timm's models).
+  For odd k both give ceil(n / s) outputs; they differ in where the window
+  starts when n is even and s is 2 (symmetric: one pixel earlier)."""
+  config_check.one_of('padding', padding, PADDINGS)
+  if padding == 'same':
+    return 'SAME'
+  return ((kernel_size // 2, kernel_size // 2),) * 2
+
+
 # He-normal over the outputs, as the TF references (MnasNet, Keras
 # Applications' V3). For a depthwise kernel, shape (k, k, 1, C), that is
 # variance 2 / (k*k*C): the scale of Keras' DepthwiseConv2D default
@@ -159,7 +184,8 @@ KERNEL_INIT = nn.initializers.variance_scaling(2.0, 'fan_out',
 
 
 class ConvBN(nn.Module):
-  """Convolution (no bias, 'SAME') -> BatchNorm -> activation.
+  """Convolution (no bias, `padding`: see `conv_padding`) -> BatchNorm ->
+  activation.
 
   `depthwise=True` makes the convolution depthwise: one k x k filter per
   input channel (`feature_group_count` = channels, output channels = input
@@ -172,6 +198,7 @@ class ConvBN(nn.Module):
   depthwise: bool = False
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
+  padding: str = 'same'
   dtype: Any = jnp.float32
   float32_weight_grads: bool = True  # under a lower dtype (low_precision_kwargs)
 
@@ -180,7 +207,8 @@ class ConvBN(nn.Module):
     groups = x.shape[-1] if self.depthwise else 1
     x = nn.Conv(x.shape[-1] if self.depthwise else self.features,
                 (self.kernel_size, self.kernel_size), self.strides,
-                padding='SAME', feature_group_count=groups, use_bias=False,
+                padding=conv_padding(self.padding, self.kernel_size),
+                feature_group_count=groups, use_bias=False,
                 kernel_init=KERNEL_INIT, dtype=self.dtype, name='conv',
                 **low_precision_kwargs(
                     self.dtype, float32_weight_grads=self.float32_weight_grads))(x)

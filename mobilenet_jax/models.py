@@ -17,7 +17,7 @@ from mobilenet_jax import config_check
 from mobilenet_jax import ops as ops_lib
 from mobilenet_jax import specs
 from mobilenet_jax.blocks import (DepthwiseSeparable, FusedInvertedBottleneck,
-                                  InvertedResidual,
+                                  InvertedResidual, MobileMQA,
                                   UniversalInvertedBottleneck)
 from mobilenet_jax.layers import (ACTIVATIONS, low_precision_kwargs,
                                   make_divisible)
@@ -33,6 +33,7 @@ BLOCKS = {
     'inverted_residual': InvertedResidual,
     'uib': UniversalInvertedBottleneck,
     'fused_ib': FusedInvertedBottleneck,
+    'mqa': MobileMQA,
 }
 
 
@@ -114,12 +115,18 @@ def plan_layers(arch: specs.Architecture, alpha: float = 1.0,
       out = scale_width(row.out, alpha, arch.rounding)
       expanded = make_divisible(width * row.exp * (expansion or 1.0))
       block = dict(expanded=expanded, features=out, strides=row.stride,
-                   activation=specs.V4_ACTIVATION)
+                   activation=arch.block_activation)
       if isinstance(row, specs.FusedIB):
         add('fused_ib', row.stride, kernel_size=row.kernel, **block)
       else:
         add('uib', row.stride, start_kernel_size=row.start,
-            middle_kernel_size=row.middle, **block)
+            middle_kernel_size=row.middle, layer_scale=arch.layer_scale,
+            **block)
+    elif isinstance(row, specs.MQA):
+      out = scale_width(row.out, alpha, arch.rounding)
+      add('mqa', 1, heads=row.heads, key_dim=row.key_dim, features=out,
+          kv_stride=row.kv_stride, kernel_size=row.kernel,
+          layer_scale=arch.layer_scale)
     else:
       raise TypeError(f'unknown architecture row {row!r}')
     paper_width, width = row.out, out
@@ -144,6 +151,7 @@ class MobileNet(nn.Module):
   ops: str = 'reference'
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
+  padding: str = 'same'
   dtype: Any = jnp.float32
   float32_weight_grads: bool = True
 
@@ -157,7 +165,8 @@ class MobileNet(nn.Module):
           f'{images.shape[1]}x{images.shape[2]}')
     op_set = ops_lib.get(self.ops)
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype, float32_weight_grads=self.float32_weight_grads)
+              padding=self.padding, dtype=self.dtype,
+              float32_weight_grads=self.float32_weight_grads)
     x = images.astype(self.dtype)
     # Float32 kernel and bias gradients under a lower-precision dtype.
     dense = low_precision_kwargs(self.dtype, dense=True,
@@ -200,6 +209,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
                  dtype: Any = jnp.float32, bn_momentum: float | None = None,
                  bn_epsilon: float = 1e-3, include_top: bool = True,
                  features_only: bool = False, ops: str = 'auto',
+                 padding: str = 'same',
                  float32_weight_grads: bool = True) -> MobileNet:
   """Builds a registry model, Keras-Applications style: every knob a keyword.
 
@@ -221,6 +231,9 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       'cpu' (XLA:CPU kernels, the same variables and values) or 'auto'
       (resolved here: 'cpu' on the CPU backend, else 'reference'); see
       `mobilenet_jax.ops`.
+    padding: 'same' (TensorFlow's 'SAME', the extra pixel after on stride 2;
+      the authors' references and Keras weights) or 'symmetric' (PyTorch's
+      k // 2 on both sides; timm's weights), for every convolution.
     float32_weight_grads: under a lower-precision dtype, compute kernel and
       bias gradients in float32 (`layers.float32_weight_grad`, a custom
       transpose); False: plain Flax layers (autodiff's gradients in `dtype`).
@@ -240,6 +253,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
     raise config_check.ConfigError(
         f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
   ops = ops_lib.resolve(ops)
+  config_check.one_of('padding', padding, config_check.PADDINGS)
   try:
     compute_dtype = jnp.dtype(dtype)
   except TypeError:  # not a dtype at all, e.g. 'bf16'
@@ -253,7 +267,7 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       include_top=include_top, features_only=features_only,
       ops=ops,
       bn_momentum=arch.bn_momentum if bn_momentum is None else bn_momentum,
-      bn_epsilon=bn_epsilon, dtype=compute_dtype,
+      bn_epsilon=bn_epsilon, padding=padding, dtype=compute_dtype,
       float32_weight_grads=float32_weight_grads)
 
 

@@ -32,7 +32,7 @@ from mobilenet_jax.cpu import layers as cpu_layers
 @dataclasses.dataclass(frozen=True)
 class OpSet:
   """`conv_bn(features, kernel_size, strides, activation, depthwise,
-  bn_momentum=, bn_epsilon=, dtype=, name=)` builds `layers.ConvBN`'s
+  bn_momentum=, bn_epsilon=, padding=, dtype=, name=)` builds `layers.ConvBN`'s
   computation; `squeeze_excite(squeeze_features, dtype=, name=)` builds
   `layers.SqueezeExcite`'s."""
   name: str

@@ -7,6 +7,8 @@ from a Keras model):
                   name, width and classes, and the converted file; written
                   last, so that its presence marks a complete conversion
   DIR/variables/  an orbax checkpoint of {'params', 'batch_stats'}
+  DIR/preprocessing.json  (timm conversions) the source's {"mean", "std",
+                  "interpolation", "crop_pct", "input_size"}
 """
 
 import json
@@ -24,6 +26,7 @@ from mobilenet_jax import models
 
 MODEL_FILE = 'model.json'
 VARIABLES_DIR = 'variables'
+PREPROCESSING_FILE = 'preprocessing.json'
 
 
 def abstract_variables(model: nn.Module) -> dict:
@@ -33,15 +36,18 @@ def abstract_variables(model: nn.Module) -> dict:
 
 
 def save_converted(output: str, variables: dict, *, name: str, alpha: float,
-                   num_classes: int, source: str) -> None:
-  """Writes `variables` of our model `name` (`alpha`, `num_classes`),
-  converted from the file `source`, as a converted-model folder `output`."""
+                   num_classes: int, source: str, padding: str = 'same',
+                   bn_epsilon: float = 1e-3) -> None:
+  """Writes `variables` of our model `name` (`alpha`, `num_classes`,
+  `padding`, `bn_epsilon`: `models.create_model`'s), converted from the
+  file `source`, as a converted-model folder `output`."""
   output = checkpoint.absolute_path(output)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(output / VARIABLES_DIR, variables)
   (output / MODEL_FILE).write_text(json.dumps(
       {'model': name, 'alpha': alpha, 'num_classes': num_classes,
-       'source': source}, indent=2))
+       'padding': padding, 'bn_epsilon': bn_epsilon, 'source': source},
+      indent=2))
 
 
 def load_converted(directory: str):
@@ -49,20 +55,31 @@ def load_converted(directory: str):
 
   Returns:
     (model_kwargs, variables): `models.create_model(**model_kwargs)` builds
-    the model ({'name', 'alpha', 'num_classes'}); variables are
+    the model ({'name', 'alpha', 'num_classes', 'padding', 'bn_epsilon'};
+    folders written before padding was recorded are 'same', 1e-3); variables are
     {'params': ..., 'batch_stats': ...}.
   """
   directory = checkpoint.absolute_path(directory)
   meta = json.loads((directory / MODEL_FILE).read_text())
   model_kwargs = {'name': meta['model'], 'alpha': meta['alpha'],
-                  'num_classes': meta['num_classes']}
+                  'num_classes': meta['num_classes'],
+                  'padding': meta.get('padding', 'same'),
+                  'bn_epsilon': meta.get('bn_epsilon', 1e-3)}
   abstract = abstract_variables(models.create_model(**model_kwargs))
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(directory / VARIABLES_DIR, abstract)
   return model_kwargs, variables
 
 
-# Keras Applications weights, what `convert` reads, were trained on ImageNet.
+def converted_preprocessing(directory: str) -> dict | None:
+  """A converted model's recorded preprocessing (timm's), or None (Keras
+  conversions record none)."""
+  path = checkpoint.absolute_path(directory) / PREPROCESSING_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+# Keras Applications and timm weights, what `convert` reads, were trained on
+# ImageNet.
 CONVERTED_DATASET = 'imagenet2012'
 CLASSIFIER = 'classifier'  # the top Dense layer's name
 
@@ -78,17 +95,23 @@ def _same_dataset(a: str, b: str) -> bool:
   return base(a) == base(b)
 
 
+# The network settings that no variable's shape shows: a source and the
+# model it initialises must agree on them (`plan_transfer`).
+NETWORK_DEFAULTS = {'padding': 'same', 'bn_epsilon': 1e-3}
+
+
 def _source(init_from: str):
   """(what it is, {array name: shape} of its params and batch_stats, its
-  dataset or None): a converted model's or a workdir's latest checkpoint's,
-  from metadata alone."""
+  dataset or None, its `NETWORK_DEFAULTS` settings or None): a converted
+  model's or a workdir's latest checkpoint's, from metadata alone."""
   directory = epath.Path(init_from)
   if (directory / MODEL_FILE).exists():
     meta = json.loads((directory / MODEL_FILE).read_text())
     shapes = checkpoint.saved_shapes(
         checkpoint.absolute_path(directory) / VARIABLES_DIR)
     return (f'{meta["model"]} alpha {meta["alpha"]}', shapes,
-            CONVERTED_DATASET)
+            CONVERTED_DATASET,
+            {k: meta.get(k, v) for k, v in NETWORK_DEFAULTS.items()})
   steps = checkpoint.saved_steps(init_from)
   if not steps:
     raise config_check.ConfigError(
@@ -100,24 +123,36 @@ def _source(init_from: str):
     config = checkpoint.load_config(init_from)
     what = f'{config.model.name} alpha {config.model.alpha}'
     dataset = config.data.dataset
+    network = {k: config.model.get(k, v) for k, v in NETWORK_DEFAULTS.items()}
   except (ValueError, OSError, AttributeError, KeyError):
-    what, dataset = 'another model', None
+    what, dataset, network = 'another model', None, None
   if shapes is not None:
     shapes = {k: v for k, v in shapes.items()
               if k.startswith(('params.', 'batch_stats.'))}
-  return what, shapes, dataset
+  return what, shapes, dataset, network
 
 
 def plan_transfer(init_from: str, abstract_variables: dict, dataset: str,
-                  init_head: bool = False) -> frozenset:
+                  init_head: bool = False,
+                  network: dict | None = None) -> frozenset:
   """Checks, from metadata alone (seconds, before anything compiles), that
   `init_from` has every variable of `abstract_variables` ({'params',
   'batch_stats'}: shapes) with its shape, and decides what starts fresh:
   the classifier, where its shape differs (another number of classes) or
   the source was trained on another dataset than `dataset` (unless
   `init_head`). Returns the fresh variables' names ('params.classifier.
-  kernel', ...); a mismatch is a one-line ConfigError naming the arrays."""
-  what, saved, source_dataset = _source(init_from)
+  kernel', ...); a mismatch is a one-line ConfigError naming the arrays, or
+  the `network` setting (model.padding, model.bn_epsilon) that differs from
+  the source's (a timm conversion is 'symmetric', 1e-5)."""
+  what, saved, source_dataset, source_network = _source(init_from)
+  network = {**NETWORK_DEFAULTS, **(network or {})}
+  if source_network is not None and source_network != network:
+    raise config_check.ConfigError(
+        f'init_from {init_from!r} ({what}) was built with '
+        + ', '.join(f'model.{k}={v}' for k, v in source_network.items())
+        + '; this model has '
+        + ', '.join(f'model.{k}={v}' for k, v in network.items())
+        + ': set them as the source has them')
   expected = checkpoint.array_shapes(abstract_variables)
   if saved is None:  # unreadable metadata: load_pretrained will tell
     saved = expected

@@ -81,6 +81,21 @@ class UIB:
 
 
 @dataclasses.dataclass(frozen=True)
+class MQA:
+  """V4 Mobile MQA row (the paper's section 'Mobile MQA'; timm's `mqa_..._h
+  {heads}_v{kv_stride}_d{key_dim}` entries): BatchNorm pre-norm, `heads`
+  query heads of `key_dim` sharing one key and one value head (each
+  downsampled by a `kernel` x `kernel` depthwise conv of stride `kv_stride`
+  + BN when kv_stride > 1), a 1x1 output projection to `out`, layer scale,
+  residual. Heads and key_dim do not scale with alpha (timm's `_075`)."""
+  heads: int
+  key_dim: int
+  kv_stride: int
+  out: int
+  kernel: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class Head:
   """What follows global pooling. `features`: a 1x1 conv applied to the
   pooled 1x1 map, not shrunk for alpha < 1; V3's has a bias and no BN (so a
@@ -94,12 +109,16 @@ class Head:
 class Architecture:
   """A paper table plus the family's width rounding ('int' for V1: int(alpha
   * c); 'divisible' for V2-V4: make_divisible(alpha * c, 8)), its BatchNorm
-  decay and the row kind that carries the expansion factor."""
+  decay and the row kind that carries the expansion factor; for V4 the
+  activation of the UIB and FusedIB rows and the initial layer scale of
+  the UIB and MQA rows (None: no layer scale; the hybrids' 1e-5)."""
   rows: tuple
   head: Head
   rounding: str
   bn_momentum: float
   has_expansion: bool
+  block_activation: str = 'relu'
+  layer_scale: float | None = None
 
 
 # MobileNet V1, paper table 1. The activation is ReLU6 as in the reference
@@ -204,14 +223,12 @@ MOBILENET_V3_SMALL = Architecture(
 # -M, -L), with the layer lists of the authors' TF Model Garden code and of
 # timm (`mobilenetv4_conv_*`): the released models, whose sizes the paper's
 # printed figures do not all match (README, Costs). ReLU throughout (the
-# UIB and FusedIB rows' activation, `V4_ACTIVATION`); expansion ratios are
+# UIB and FusedIB rows' activation, `block_activation`); expansion ratios are
 # relative to the block's input width, as in both codebases. The stem is not
 # shrunk for alpha < 1 (timm's `fix_stem`); the 960-wide last 1x1 conv scales
 # with alpha. The head is a 1x1 conv to 1280 with BatchNorm after pooling.
 # BatchNorm decay 0.99 by default; the ImageNet configs set the authors'
 # training values (0.95 for Conv-S, 0.997 for Conv-M/L).
-V4_ACTIVATION = _RE
-
 MOBILENET_V4_CONV_SMALL = Architecture(
     rows=(
         Conv(3, 32, 2, _RE, width='not_shrunk'),
@@ -311,6 +328,108 @@ MOBILENET_V4_CONV_LARGE = Architecture(
 )
 
 
+# MobileNetV4 hybrids: Conv-M/L's tables with Mobile MQA rows in the last
+# two stages (kv downsampled by 2 in the stride-16 stage), the V4 paper's
+# appendix tables MNv4-Hybrid-M/L with the layer lists of the released
+# models (timm `mobilenetv4_hybrid_*`, TF Model Garden `MNV4HybridMedium`/
+# `MNV4HybridLarge` block specs), whose UIBs differ from Conv-M/L's in
+# places. Layer scale 1e-5 on every UIB and MQA block; Hybrid-L uses GELU
+# in every layer (stem, blocks, last conv and head).
+_GE = 'gelu'
+
+MOBILENET_V4_HYBRID_MEDIUM = Architecture(
+    rows=(
+        Conv(3, 32, 2, _RE, width='not_shrunk'),
+        FusedIB(3, 4, 48, 2),
+        UIB(3, 5, 4, 80, 2),
+        UIB(3, 3, 2, 80, 1),
+        UIB(3, 5, 6, 160, 2),
+        UIB(0, 0, 2, 160, 1),
+        UIB(3, 3, 4, 160, 1),
+        UIB(3, 5, 4, 160, 1),
+        MQA(4, 64, 2, 160),
+        UIB(3, 3, 4, 160, 1),
+        MQA(4, 64, 2, 160),
+        UIB(3, 0, 4, 160, 1),
+        MQA(4, 64, 2, 160),
+        UIB(3, 3, 4, 160, 1),
+        MQA(4, 64, 2, 160),
+        UIB(3, 0, 4, 160, 1),
+        UIB(5, 5, 6, 256, 2),
+        UIB(5, 5, 4, 256, 1),
+        UIB(3, 5, 4, 256, 1),
+        UIB(3, 5, 4, 256, 1),
+        UIB(0, 0, 2, 256, 1),
+        UIB(3, 5, 2, 256, 1),
+        UIB(0, 0, 2, 256, 1),
+        UIB(0, 0, 4, 256, 1),
+        MQA(4, 64, 1, 256),
+        UIB(3, 0, 4, 256, 1),
+        MQA(4, 64, 1, 256),
+        UIB(5, 5, 4, 256, 1),
+        MQA(4, 64, 1, 256),
+        UIB(5, 0, 4, 256, 1),
+        MQA(4, 64, 1, 256),
+        UIB(5, 0, 4, 256, 1),
+        Conv(1, 960, 1, _RE),
+    ),
+    head=Head(1280, _RE, batch_norm=True),
+    rounding='divisible',
+    bn_momentum=0.99,
+    has_expansion=True,
+    layer_scale=1e-5,
+)
+
+MOBILENET_V4_HYBRID_LARGE = Architecture(
+    rows=(
+        Conv(3, 24, 2, _GE, width='not_shrunk'),
+        FusedIB(3, 4, 48, 2),
+        UIB(3, 5, 4, 96, 2),
+        UIB(3, 3, 4, 96, 1),
+        UIB(3, 5, 4, 192, 2),
+        UIB(3, 3, 4, 192, 1),
+        UIB(3, 3, 4, 192, 1),
+        UIB(3, 3, 4, 192, 1),
+        UIB(3, 5, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        UIB(5, 3, 4, 192, 1),
+        MQA(8, 48, 2, 192),
+        UIB(5, 3, 4, 192, 1),
+        MQA(8, 48, 2, 192),
+        UIB(5, 3, 4, 192, 1),
+        MQA(8, 48, 2, 192),
+        UIB(5, 3, 4, 192, 1),
+        MQA(8, 48, 2, 192),
+        UIB(3, 0, 4, 192, 1),
+        UIB(5, 5, 4, 512, 2),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 5, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 3, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 0, 4, 512, 1),
+        UIB(5, 3, 4, 512, 1),
+        UIB(5, 5, 4, 512, 1),
+        MQA(8, 64, 1, 512),
+        UIB(5, 0, 4, 512, 1),
+        MQA(8, 64, 1, 512),
+        UIB(5, 0, 4, 512, 1),
+        MQA(8, 64, 1, 512),
+        UIB(5, 0, 4, 512, 1),
+        MQA(8, 64, 1, 512),
+        UIB(5, 0, 4, 512, 1),
+        Conv(1, 960, 1, _GE),
+    ),
+    head=Head(1280, _GE, batch_norm=True),
+    rounding='divisible',
+    bn_momentum=0.99,
+    has_expansion=True,
+    block_activation=_GE,
+    layer_scale=1e-5,
+)
+
+
 def standard_convolutions(arch: Architecture) -> Architecture:
   """V1 paper table 4's baseline: each depthwise-separable pair replaced by
   one full 3x3 convolution with the same output width and stride."""
@@ -348,4 +467,6 @@ ARCHITECTURES: dict[str, Architecture] = {
     'mobilenet_v4_conv_small': MOBILENET_V4_CONV_SMALL,
     'mobilenet_v4_conv_medium': MOBILENET_V4_CONV_MEDIUM,
     'mobilenet_v4_conv_large': MOBILENET_V4_CONV_LARGE,
+    'mobilenet_v4_hybrid_medium': MOBILENET_V4_HYBRID_MEDIUM,
+    'mobilenet_v4_hybrid_large': MOBILENET_V4_HYBRID_LARGE,
 }

@@ -68,7 +68,9 @@ def model_from_config(model_config: ml_collections.ConfigDict,
       dropout_rate=model_config.dropout_rate,
       dtype=model_config.dtype,
       bn_momentum=model_config.get('bn_momentum'),
+      bn_epsilon=model_config.get('bn_epsilon', 1e-3),
       ops=model_config.get('ops', 'auto'),
+      padding=model_config.get('padding', 'same'),
       float32_weight_grads=model_config.get('float32_weight_grads', True))
 
 

@@ -246,7 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     fresh_names = pretrained.plan_transfer(
         config.init_from, {'params': abstract_state.params,
                            'batch_stats': abstract_state.batch_stats},
-        config.data.dataset, config.get('init_head', False))
+        config.data.dataset, config.get('init_head', False),
+        {'padding': model.padding, 'bn_epsilon': model.bn_epsilon})
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     # Another model's or optimizer's checkpoint: one line, in seconds.

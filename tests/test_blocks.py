@@ -1,7 +1,8 @@
 """V4's blocks against the blocks and formulas they generalise: a UIB with
 both depthwise switches off is a 1x1 -> 1x1 FFN written out here in jnp; with
 only the middle depthwise it is V2's `InvertedResidual` (same variables, same
-outputs); the FusedIB's k x k expansion conv. Both op sets."""
+outputs); the FusedIB's k x k expansion conv; Mobile MQA against the V4
+paper's equations written out in numpy. Both op sets."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 
 from mobilenet_jax import ops
 from mobilenet_jax.blocks import (FusedInvertedBottleneck, InvertedResidual,
-                                  UniversalInvertedBottleneck)
+                                  MobileMQA, UniversalInvertedBottleneck)
 
 OPS = sorted(ops.OP_SETS)
 
@@ -150,3 +151,95 @@ def test_fused_ib(op_set, strides):
   branch = op.conv_bn(16, 1, 1, 'identity').apply(sub('project'), branch)
   want = branch + x if strides == 1 else branch
   np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def _np_batch_norm(x, v, eps=1e-3):
+  return ((x - v['mean']) / np.sqrt(v['var'] + eps) * v['scale'] + v['bias'])
+
+
+def _np_depthwise(x, kernel, stride, pads):
+  """Depthwise conv of NHWC x with a (k, k, 1, C) kernel, `pads` (before,
+  after) zeros on both spatial axes, as loops over the taps."""
+  k = kernel.shape[0]
+  xp = np.pad(x, [(0, 0), pads, pads, (0, 0)])
+  out = (xp.shape[1] - k) // stride + 1
+  y = np.zeros((x.shape[0], out, out, x.shape[-1]))
+  for a in range(k):
+    for b in range(k):
+      y += (xp[:, a:a + stride * out:stride, b:b + stride * out:stride]
+            * kernel[a, b, 0])
+  return y
+
+
+def _np_mobile_mqa(x, p, s, heads, key_dim, kv_stride, pads):
+  """The V4 paper's Mobile MQA, from its equation: pre-norm BN(x) = X;
+  head j: softmax((X W_Qj) (SR(X) W_K)^T / sqrt(d_k)) (SR(X) W_V), SR the
+  stride-`kv_stride` 3x3 depthwise conv + BN (identity at 1); the heads
+  concatenated times W_O; times the layer scale; plus x."""
+  n, h, w, c = x.shape
+  xn = _np_batch_norm(x, {**p['norm'], **s['norm']})
+
+  def reduce(name):
+    if kv_stride == 1:
+      return xn
+    y = _np_depthwise(xn, p[f'{name}_down']['conv']['kernel'], kv_stride,
+                      pads)
+    return _np_batch_norm(y, {**p[f'{name}_down']['bn'],
+                              **s[f'{name}_down']['bn']})
+
+  keys = reduce('key').reshape(n, -1, c) @ p['key']['kernel'][0, 0]
+  values = reduce('value').reshape(n, -1, c) @ p['value']['kernel'][0, 0]
+  w_q = p['query']['kernel'][0, 0]
+  outputs = []
+  for j in range(heads):
+    q = xn.reshape(n, h * w, c) @ w_q[:, j * key_dim:(j + 1) * key_dim]
+    logits = q @ keys.transpose(0, 2, 1) / np.sqrt(key_dim)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    outputs.append(weights @ values)
+  o = np.concatenate(outputs, -1) @ p['output']['kernel'][0, 0]
+  o = o.reshape(n, h, w, -1) * p['layer_scale']
+  return o + x if o.shape[-1] == c else o
+
+
+@pytest.mark.parametrize('op_set', OPS)
+@pytest.mark.parametrize('kv_stride, padding, pads, features', [
+    (2, 'same', (0, 1), 16), (2, 'symmetric', (1, 1), 16), (1, 'same', None,
+                                                            24)])
+def test_mobile_mqa_equals_the_papers_equations(op_set, kv_stride, padding,
+                                                 pads, features):
+  x = _images((2, 6, 6, 16))
+  block = MobileMQA(3, 8, features, kv_stride=kv_stride, layer_scale=1e-5,
+                    padding=padding, ops=ops.OP_SETS[op_set])
+  variables = _random_variables(block, x)
+  params = variables['params']
+  assert params['query']['kernel'].shape == (1, 1, 16, 3 * 8)
+  assert params['key']['kernel'].shape == params['value']['kernel'].shape == (
+      1, 1, 16, 8)
+  assert params['output']['kernel'].shape == (1, 1, 3 * 8, features)
+  assert ('key_down' in params) == (kv_stride > 1)
+  init = block.init(jax.random.key(0), x)['params']['layer_scale']
+  np.testing.assert_array_equal(init, np.full(features, 1e-5, np.float32))
+  np_variables = jax.tree.map(np.asarray, variables)
+  want = _np_mobile_mqa(np.asarray(x), np_variables['params'],
+                        np_variables['batch_stats'], 3, 8, kv_stride, pads)
+  np.testing.assert_allclose(block.apply(variables, x), want, rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('op_set', OPS)
+def test_uib_layer_scale_scales_the_branch_before_the_shortcut(op_set):
+  # The hybrids' UIBs: x + gamma * branch(x), per output channel.
+  x = _images((2, 5, 5, 8))
+  plain, scaled = (UniversalInvertedBottleneck(
+      16, 8, start_kernel_size=3, middle_kernel_size=3, layer_scale=scale,
+      ops=ops.OP_SETS[op_set]) for scale in (None, 1e-5))
+  variables = _random_variables(scaled, x)
+  gamma = variables['params']['layer_scale']
+  assert gamma.shape == (8,)
+  without = {'params': {k: v for k, v in variables['params'].items()
+                        if k != 'layer_scale'},
+             'batch_stats': variables['batch_stats']}
+  branch = plain.apply(without, x) - x
+  np.testing.assert_allclose(scaled.apply(variables, x), x + gamma * branch,
+                             rtol=1e-5, atol=1e-6)

@@ -17,6 +17,8 @@ from configs import imagenet_mobilenet_v3_small
 from configs import imagenet_mobilenet_v4_conv_large
 from configs import imagenet_mobilenet_v4_conv_medium
 from configs import imagenet_mobilenet_v4_conv_small
+from configs import imagenet_mobilenet_v4_hybrid_large
+from configs import imagenet_mobilenet_v4_hybrid_medium
 from configs import tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +49,9 @@ def test_loading_a_config_imports_no_jax_tensorflow_or_optax(name):
     imagenet_mobilenet_v3_small.get_config,
     imagenet_mobilenet_v4_conv_small.get_config,
     imagenet_mobilenet_v4_conv_medium.get_config,
-    imagenet_mobilenet_v4_conv_large.get_config])
+    imagenet_mobilenet_v4_conv_large.get_config,
+    imagenet_mobilenet_v4_hybrid_medium.get_config,
+    imagenet_mobilenet_v4_hybrid_large.get_config])
 def test_imagenet_recipes_are_hardware_neutral(get_config):
   config = get_config()
   assert (config.model.dtype, config.model.ops) == (
@@ -91,6 +95,8 @@ SOURCES = [
     (imagenet_mobilenet_v4_conv_small.get_config, 4096, 0.002, 1560),
     (imagenet_mobilenet_v4_conv_medium.get_config, 4096, 0.004, 1560),
     (imagenet_mobilenet_v4_conv_large.get_config, 16384, 0.004, 1560),
+    (imagenet_mobilenet_v4_hybrid_medium.get_config, 16384, 0.016, 1560),
+    (imagenet_mobilenet_v4_hybrid_large.get_config, 16384, 0.01, 1560),
 ]
 
 
@@ -127,3 +133,24 @@ def test_v2_recipe_decays_every_2_4_epochs_at_any_batch():
     config.batch_size = batch
     assert _resolved(config).schedule.decay_steps == int(
         2.4 * (IMAGENET_TRAIN // batch))
+
+
+# TF Model Garden's imagenet_mobilenetv4_hybrid_{medium,large}_tpu.yaml:
+# (model, input size, global batch, peak learning rate, weight decay).
+@pytest.mark.parametrize('get_config, name, resolution, lr, weight_decay', [
+    (imagenet_mobilenet_v4_hybrid_medium.get_config,
+     'mobilenet_v4_hybrid_medium', 256, 0.016, 0.1),
+    (imagenet_mobilenet_v4_hybrid_large.get_config,
+     'mobilenet_v4_hybrid_large', 384, 0.01, 0.2)])
+def test_hybrid_recipes_follow_model_gardens_yamls(get_config, name,
+                                                   resolution, lr,
+                                                   weight_decay):
+  config = get_config()
+  assert (config.model.name, config.data.base_resolution,
+          config.batch_size) == (name, resolution, 16384)
+  assert (config.optim.name, config.optim.schedule) == ('adamw', 'cosine')
+  assert config.optim.learning_rate == pytest.approx(lr)
+  assert config.optim.base_batch_size == 16384
+  assert config.optim.weight_decay == weight_decay
+  assert (config.model.bn_momentum, config.model.dropout_rate,
+          config.optim.label_smoothing) == (0.997, 0.2, 0.1)

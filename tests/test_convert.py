@@ -154,8 +154,10 @@ def test_cli_round_trip(saved_keras, tmp_path):
   assert not re.search(r'^I\d{4} |oneDNN', result.stderr, re.M), (
       result.stderr)
   model_kwargs, variables = pretrained.load_converted(str(output))
+  # Keras pads like TensorFlow ('same') with BatchNorm epsilon 1e-3.
   assert model_kwargs == {'name': 'mobilenet_v1', 'alpha': 0.5,
-                          'num_classes': CLASSES}
+                          'num_classes': CLASSES, 'padding': 'same',
+                          'bn_epsilon': 1e-3}
   model = models.create_model(**model_kwargs)
   assert_logits_match(model, variables, keras_model('mobilenet_v1', 0.5))
 

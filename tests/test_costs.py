@@ -30,6 +30,8 @@ def profile(name, alpha=1.0, resolution=224):
     ('mobilenet_v4_conv_small', 3_774_024, 25_088),
     ('mobilenet_v4_conv_medium', 9_715_512, 67_904),
     ('mobilenet_v4_conv_large', 32_590_864, 149_552),
+    ('mobilenet_v4_hybrid_medium', 11_074_648, 75_840),
+    ('mobilenet_v4_hybrid_large', 37_764_624, 164_400),
 ])
 def test_parameter_and_batch_stat_counts(name, params, batch_stats):
   p = profile(name)
@@ -225,3 +227,43 @@ def test_cli_bad_input_exits_with_one_line_message():
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: expansion must be None for mobilenet_v1')
+
+
+@pytest.mark.parametrize('resolution', [224, 256])
+def test_padding_changes_no_cost(resolution):
+  # Odd kernels: k // 2 on both sides gives ceil(n / s) outputs, as 'SAME'
+  # does, so every layer's output shape and MACs are the same.
+  same, symmetric = (
+      costs.profile_model(models.create_model('mobilenet_v4_conv_medium',
+                                              padding=padding), resolution)
+      for padding in ('same', 'symmetric'))
+  assert [(l.output_shape, l.macs) for l in same.layers] == [
+      (l.output_shape, l.macs) for l in symmetric.layers]
+
+
+# timm 1.0.31 (torch FlopCounterMode / 2), millions: convolutions,
+# attention matmuls (q k^T and weights v, per head, over the downsampled
+# keys), classifier, total, at each hybrid's resolution.
+@pytest.mark.parametrize('name, resolution, convs, attention, total', [
+    ('mobilenet_v4_hybrid_medium', 256, 1228.0, 41.9, 1271.2),
+    ('mobilenet_v4_hybrid_large', 384, None, None, 7711.9),
+])
+def test_hybrid_macs_match_timm(name, resolution, convs, attention, total):
+  p = profile(name, 1.0, resolution)
+  by_kind = {}
+  for layer in p.layers:
+    by_kind[layer.kind] = by_kind.get(layer.kind, 0) + layer.macs
+  assert round(p.macs / 1e6, 1) == total
+  assert by_kind['dense'] == 1280 * 1000
+  if convs is not None:
+    assert round((by_kind['conv'] + by_kind['depthwise']) / 1e6, 1) == convs
+    assert round(by_kind['attention'] / 1e6, 1) == attention
+
+
+def test_attention_macs_follow_the_closed_form():
+  # Hybrid-M at 256 px: 4 heads of 64, four MQA blocks at 16x16 queries over
+  # 8x8 (stride-2) keys and values, four at 8x8 over 8x8.
+  attention = [l for l in profile('mobilenet_v4_hybrid_medium', 1.0,
+                                  256).layers if l.kind == 'attention']
+  assert [l.macs for l in attention] == (
+      [256 * 4 * 64 * (64 + 64)] * 4 + [64 * 4 * 64 * (64 + 64)] * 4)

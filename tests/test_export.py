@@ -57,11 +57,11 @@ def squeeze_excites(params) -> int:
              for path in traverse_util.flatten_dict(params))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', FAMILIES)
-def test_float_export_matches_jax_with_fused_ops(name):
+def export_and_compare(name, **kwargs):
+  """Exports `name` at alpha 0.35 with random weights (float) and checks
+  that LiteRT gives JAX's logits; returns (variables, op counts)."""
   model = models.create_model(name, alpha=0.35, num_classes=10,
-                              ops='reference')
+                              ops='reference', **kwargs)
   variables = perturbed(model.init(
       jax.random.key(0), jnp.zeros((1, RESOLUTION, RESOLUTION, 3))))
   content = export.to_tflite(model, variables, RESOLUTION)
@@ -73,7 +73,13 @@ def test_float_export_matches_jax_with_fused_ops(name):
   for image, logits in zip(images, expected):
     np.testing.assert_allclose(litert.predict(interpreter, image), logits,
                                rtol=0, atol=1e-4)
-  counts = litert.op_counts(content=content)
+  return variables, litert.op_counts(content=content)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', FAMILIES)
+def test_float_export_matches_jax_with_fused_ops(name):
+  variables, counts = export_and_compare(name)
   depthwise, dense = kernel_counts(variables['params'])
   assert counts['DEPTHWISE_CONV_2D'] == depthwise, counts
   # Only the classifier (and V3's dense head) are FULLY_CONNECTED.
@@ -284,3 +290,17 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
   assert (tmp_path / 'm.tflite').stat().st_mode & 0o777 == 0o644
   assert (tmp_path / 'm.tflite').read_bytes() == b'model'
   assert os.listdir(tmp_path) == ['m.tflite']  # no temporary left
+
+
+# The hybrids' Mobile MQA (einsums, softmax), Hybrid-L's GELU, and PyTorch
+# padding at an even size (where it differs from 'SAME'): LiteRT computes
+# the JAX function.
+@pytest.mark.slow
+@pytest.mark.parametrize('name, padding', [
+    ('mobilenet_v4_hybrid_medium', 'same'),
+    ('mobilenet_v4_hybrid_large', 'symmetric'),
+    ('mobilenet_v3_small', 'symmetric')])
+def test_hybrid_and_symmetric_padding_exports_match_jax(name, padding):
+  variables, counts = export_and_compare(name, padding=padding)
+  depthwise, _ = kernel_counts(variables['params'])
+  assert counts['DEPTHWISE_CONV_2D'] == depthwise, counts

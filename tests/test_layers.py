@@ -558,3 +558,65 @@ def test_float32_weight_grads_false_is_plain_flax_and_both_track_float32():
                             jax.tree.leaves(got)):
       np.testing.assert_allclose(g, w, atol=0.05 * scale,
                                  err_msg=f'{flag} {jax.tree_util.keystr(path)}')
+
+
+def _symmetric_conv(x, kernel, strides, groups=1):
+  """PyTorch's `Conv2d(padding=k // 2)`: a convolution with k // 2 explicit
+  zeros on every side, written directly with lax."""
+  p = kernel.shape[0] // 2
+  return jax.lax.conv_general_dilated(
+      x, kernel, (strides, strides), ((p, p), (p, p)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=groups)
+
+
+# Stride 1 and 2, even and odd sides, the stem's 3-channel input (the cpu
+# set's patches as a dot) and a depthwise conv (its shifted slices).
+@pytest.mark.parametrize('op_set', OPS)
+@pytest.mark.parametrize('depthwise_conv, kernel_size, strides', [
+    (False, 3, 2), (False, 5, 1), (True, 3, 2), (True, 5, 2), (True, 3, 1)])
+def test_symmetric_padding_matches_explicit_k_half_padding(
+    op_set, depthwise_conv, kernel_size, strides):
+  channels = 6 if depthwise_conv else 3
+  x = np.random.default_rng(4).normal(size=(2, 8, 7, channels)).astype(
+      np.float32)
+  module = ops.OP_SETS[op_set].conv_bn(
+      features=4, kernel_size=kernel_size, strides=strides,
+      activation='identity', depthwise=depthwise_conv, padding='symmetric')
+  variables, kernel = _conv_bn_variables(module, x, 5)
+  want = _symmetric_conv(x, kernel, strides, channels if depthwise_conv else 1)
+  y, pullback = jax.vjp(lambda x: jax.jit(module.apply)(variables, x), x)
+  np.testing.assert_allclose(y, want / np.sqrt(1 + EPS), rtol=1e-5, atol=1e-5)
+  g = np.random.default_rng(6).normal(size=y.shape).astype(np.float32)
+  _, want_pullback = jax.vjp(
+      lambda x: _symmetric_conv(x, kernel, strides,
+                                channels if depthwise_conv else 1), x)
+  np.testing.assert_allclose(pullback(g)[0],
+                             want_pullback(g)[0] / np.sqrt(1 + EPS),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('op_set', OPS)
+@pytest.mark.parametrize('size, differ', [(8, True), (9, False)])
+def test_same_and_symmetric_padding_differ_only_at_even_sizes_on_stride_2(
+    op_set, size, differ):
+  # Stride 2, k = 3: ceil(n / 2) outputs either way; at an odd side both pad
+  # one pixel on each side, at an even side 'SAME' pads (0, 1), symmetric
+  # (1, 1), so the windows start one pixel apart.
+  x = np.random.default_rng(8).normal(size=(1, size, size, 3)).astype(
+      np.float32)
+  outputs = []
+  for padding in layers.PADDINGS:
+    module = ops.OP_SETS[op_set].conv_bn(features=4, kernel_size=3, strides=2,
+                                         padding=padding)
+    variables, _ = _conv_bn_variables(module, x, 1)
+    outputs.append(np.asarray(module.apply(variables, x)))
+  assert outputs[0].shape == outputs[1].shape == (1, -(-size // 2),
+                                                  -(-size // 2), 4)
+  assert (not np.allclose(outputs[0], outputs[1])) == differ
+
+
+def test_conv_padding_rejects_other_values():
+  with pytest.raises(ValueError,
+                     match=r"padding must be one of \['same', 'symmetric'\]"):
+    layers.conv_padding('SAME', 3)

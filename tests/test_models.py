@@ -52,11 +52,16 @@ V3_TABLES = {
 # V4 appendix tables (MNv4-Conv-S/M/L) as the TF Model Garden and timm layer
 # lists give them: one entry per layer after the 3x3 stride-2 stem, as
 # (kind, start dw kernel, middle dw kernel, expansion ratio, out, stride);
-# 'conv' rows carry (kernel, None, None, out, stride). Each model ends in a
-# 1x1 conv to 960 and a 1280-wide head.
-_UIB = 'uib'
+# 'conv' rows carry (kernel, None, None, out, stride); the hybrids' Mobile
+# MQA rows (timm's `mqa_r1_k3_h{heads}_v{kv stride}_d{key_dim}`) carry
+# ('mqa', heads, key_dim, kv stride, out, 1). Each model ends in a 1x1 conv
+# to 960 and a 1280-wide head.
+_UIB, _MQA = 'uib', 'mqa'
 V4_STEMS = {'mobilenet_v4_conv_small': 32, 'mobilenet_v4_conv_medium': 32,
-            'mobilenet_v4_conv_large': 24}
+            'mobilenet_v4_conv_large': 24, 'mobilenet_v4_hybrid_medium': 32,
+            'mobilenet_v4_hybrid_large': 24}
+_MQA_M16, _MQA_M32 = (_MQA, 4, 64, 2, 160, 1), (_MQA, 4, 64, 1, 256, 1)
+_MQA_L16, _MQA_L32 = (_MQA, 8, 48, 2, 192, 1), (_MQA, 8, 64, 1, 512, 1)
 V4_TABLES = {
     'mobilenet_v4_conv_small': [
         ('conv', 3, None, None, 32, 2), ('conv', 1, None, None, 32, 1),
@@ -88,8 +93,33 @@ V4_TABLES = {
         (_UIB, 5, 0, 4, 512, 1), (_UIB, 5, 3, 4, 512, 1),
         *[(_UIB, 5, 0, 4, 512, 1)] * 2, (_UIB, 5, 3, 4, 512, 1),
         (_UIB, 5, 5, 4, 512, 1), *[(_UIB, 5, 0, 4, 512, 1)] * 3],
+    'mobilenet_v4_hybrid_medium': [
+        ('fused_ib', 3, None, 4, 48, 2),
+        (_UIB, 3, 5, 4, 80, 2), (_UIB, 3, 3, 2, 80, 1),
+        (_UIB, 3, 5, 6, 160, 2), (_UIB, 0, 0, 2, 160, 1),
+        (_UIB, 3, 3, 4, 160, 1), (_UIB, 3, 5, 4, 160, 1), _MQA_M16,
+        (_UIB, 3, 3, 4, 160, 1), _MQA_M16, (_UIB, 3, 0, 4, 160, 1), _MQA_M16,
+        (_UIB, 3, 3, 4, 160, 1), _MQA_M16, (_UIB, 3, 0, 4, 160, 1),
+        (_UIB, 5, 5, 6, 256, 2), (_UIB, 5, 5, 4, 256, 1),
+        *[(_UIB, 3, 5, 4, 256, 1)] * 2, (_UIB, 0, 0, 2, 256, 1),
+        (_UIB, 3, 5, 2, 256, 1), (_UIB, 0, 0, 2, 256, 1),
+        (_UIB, 0, 0, 4, 256, 1), _MQA_M32, (_UIB, 3, 0, 4, 256, 1), _MQA_M32,
+        (_UIB, 5, 5, 4, 256, 1), _MQA_M32, (_UIB, 5, 0, 4, 256, 1), _MQA_M32,
+        (_UIB, 5, 0, 4, 256, 1)],
+    'mobilenet_v4_hybrid_large': [
+        ('fused_ib', 3, None, 4, 48, 2),
+        (_UIB, 3, 5, 4, 96, 2), (_UIB, 3, 3, 4, 96, 1),
+        (_UIB, 3, 5, 4, 192, 2), *[(_UIB, 3, 3, 4, 192, 1)] * 3,
+        (_UIB, 3, 5, 4, 192, 1), *[(_UIB, 5, 3, 4, 192, 1)] * 2,
+        *[_MQA_L16, (_UIB, 5, 3, 4, 192, 1)] * 3, _MQA_L16,
+        (_UIB, 3, 0, 4, 192, 1),
+        (_UIB, 5, 5, 4, 512, 2), *[(_UIB, 5, 5, 4, 512, 1)] * 3,
+        (_UIB, 5, 0, 4, 512, 1), (_UIB, 5, 3, 4, 512, 1),
+        *[(_UIB, 5, 0, 4, 512, 1)] * 2, (_UIB, 5, 3, 4, 512, 1),
+        (_UIB, 5, 5, 4, 512, 1), *[_MQA_L32, (_UIB, 5, 0, 4, 512, 1)] * 4],
 }
 V4_NAMES = sorted(V4_TABLES)
+HYBRID_NAMES = ['mobilenet_v4_hybrid_large', 'mobilenet_v4_hybrid_medium']
 
 
 def _abstract(name, height=224, width=224, batch=2, **kwargs):
@@ -146,7 +176,8 @@ POOLED_WIDTHS = {
     'mobilenet_v2': 1280, 'mobilenet_v3_large': 960,
     'mobilenet_v3_small': 576, 'mobilenet_v3_large_minimal': 960,
     'mobilenet_v3_small_minimal': 576, 'mobilenet_v4_conv_small': 960,
-    'mobilenet_v4_conv_medium': 960, 'mobilenet_v4_conv_large': 960}
+    'mobilenet_v4_conv_medium': 960, 'mobilenet_v4_conv_large': 960,
+    'mobilenet_v4_hybrid_medium': 960, 'mobilenet_v4_hybrid_large': 960}
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -182,6 +213,8 @@ FEATURE_WIDTHS = {
     'mobilenet_v4_conv_small': (32, 64, 96, 960),
     'mobilenet_v4_conv_medium': (48, 80, 160, 960),
     'mobilenet_v4_conv_large': (48, 96, 192, 960),
+    'mobilenet_v4_hybrid_medium': (48, 80, 160, 960),
+    'mobilenet_v4_hybrid_large': (48, 96, 192, 960),
 }
 
 
@@ -357,6 +390,19 @@ def test_v4_widths_follow_the_tables(name, alpha, expansion):
       assert block['conv']['kernel'].shape == (start, start, width, out), i
       width = out
       continue
+    if kind == _MQA:  # heads and key_dim do not scale with alpha
+      heads, key_dim, kv_stride = start, middle, ratio
+      assert block['query']['kernel'].shape == (1, 1, width, heads * key_dim)
+      for head in ('key', 'value'):
+        assert block[head]['kernel'].shape == (1, 1, width, key_dim), i
+      assert block['output']['kernel'].shape == (1, 1, heads * key_dim, out)
+      names = {'norm', 'query', 'key', 'value', 'output', 'layer_scale'}
+      if kv_stride > 1:
+        names |= {'key_down', 'value_down'}
+        assert block['key_down']['conv']['kernel'].shape == (3, 3, 1, width)
+      assert set(block) == names, i
+      width = out
+      continue
     expanded = _make_divisible(width * ratio * (expansion or 1))
     kernel = start if kind == 'fused_ib' else 1
     assert block['expand']['conv']['kernel'].shape == (
@@ -372,6 +418,9 @@ def test_v4_widths_follow_the_tables(name, alpha, expansion):
       names.add('start_depthwise')
     if kind == _UIB and middle:
       names.add('depthwise')
+    if kind == _UIB and name in HYBRID_NAMES:
+      names.add('layer_scale')
+      assert block['layer_scale'].shape == (out,), i
     assert set(block) == names, i
     assert block['project']['conv']['kernel'].shape == (
         1, 1, expanded, out), i
@@ -425,7 +474,10 @@ def test_plan_strides_match_the_papers(name):
     expected = [2] + [row[-1] for row in rows] + [1]
   plan = models.plan_layers(models.REGISTRY[name])
   assert [layer.stride for layer in plan] == expected
-  assert [dict(layer.args)['strides'] for layer in plan] == expected
+  # Mobile MQA has no stride (queries at full resolution).
+  assert [dict(layer.args).get('strides', 1) for layer in plan] == expected
+  assert all('strides' in dict(layer.args) for layer in plan
+             if layer.kind != 'mqa')
 
 
 # The papers' blocks with an identity shortcut at alpha 1 (stride 1, equal
@@ -698,3 +750,48 @@ def test_model_rejects_non_nhwc_images():
   model = models.create_model('mobilenet_v3_small', **SMALL)
   _raises('images', jax.eval_shape, model.init, jax.random.key(0),
           jax.ShapeDtypeStruct((32, 32, 3), jnp.float32))
+
+
+def test_bad_padding():
+  message = _raises('padding', models.create_model, 'mobilenet_v2',
+                    padding='SAME')
+  assert "['same', 'symmetric']" in message
+
+
+@pytest.mark.parametrize('size, equal', [(65, True), (64, False)])
+def test_symmetric_padding_equals_same_exactly_at_odd_sizes(size, equal):
+  # At 65 px every stride-2 layer sees an odd side, where TF's 'SAME' pads
+  # k // 2 on both sides as PyTorch does; at 64 px they differ (docs/design.md).
+  images = jnp.asarray(np.random.default_rng(0).normal(
+      size=(1, size, size, 3)), jnp.float32)
+  same, symmetric = (models.create_model('mobilenet_v3_small', **SMALL,
+                                         padding=padding, ops='reference')
+                     for padding in ('same', 'symmetric'))
+  variables = same.init(jax.random.key(0), images)
+  a, b = same.apply(variables, images), symmetric.apply(variables, images)
+  assert np.allclose(a, b, rtol=1e-5, atol=1e-6) == equal
+
+
+@pytest.mark.parametrize('name, activation', [
+    ('mobilenet_v4_hybrid_medium', 'relu'), ('mobilenet_v4_hybrid_large',
+                                             'gelu'),
+    ('mobilenet_v4_conv_large', 'relu')])
+def test_v4_activations(name, activation):
+  # timm: Hybrid-L's act_layer is GELU (every layer), the others' ReLU.
+  for layer in models.plan_layers(models.REGISTRY[name]):
+    args = dict(layer.args)
+    if layer.kind != 'mqa':
+      assert args['activation'] == activation, layer.name
+  assert models.REGISTRY[name].head.activation == activation
+
+
+def test_hybrid_layer_scale_starts_at_1e_5():
+  # timm's layer_scale_init_value for the hybrids; none in Conv-M.
+  _, variables = _abstract('mobilenet_v4_hybrid_medium', 64, 64, alpha=0.25)
+  plan = models.plan_layers(models.REGISTRY['mobilenet_v4_hybrid_medium'])
+  scaled = {l.name for l in plan if l.kind in ('uib', 'mqa')}
+  assert scaled == {k for k, v in variables['params'].items()
+                    if 'layer_scale' in v}
+  assert dict(plan[8].args)['layer_scale'] == 1e-5
+  _, conv = _abstract('mobilenet_v4_conv_medium', 64, 64, alpha=0.25)
+  assert not any('layer_scale' in v for v in conv['params'].values())

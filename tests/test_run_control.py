@@ -128,6 +128,9 @@ def test_flag_and_config_errors_are_one_line_with_status_2(args, expected,
      "got 'gpu'"),
     ('model.dtype=bf16', "model.dtype must be one of ['float32', 'bfloat16', "
      "'float16'], got 'bf16'"),
+    ('model.padding=SAME', "model.padding must be one of ['same', "
+     "'symmetric'], got 'SAME'"),
+    ('model.bn_epsilon=0', 'model.bn_epsilon must be > 0, got 0.0'),
     ('model.expansion=2.0', 'model.expansion must be None for mobilenet_v1'),
     ('model.alpha=0', 'model.alpha must be > 0, got 0.0'),
     ('model.dropout_rate=1.0', 'model.dropout_rate must be in [0, 1), got 1.0'),
@@ -177,6 +180,8 @@ def test_the_config_check_imports_no_library_and_holds_the_only_lists():
   assert models.REGISTRY is specs.ARCHITECTURES
   assert config_check.MODEL_NAMES == tuple(sorted(models.REGISTRY))
   assert models.MIN_RESOLUTION == config_check.MIN_RESOLUTION
+  from mobilenet_jax import layers
+  assert layers.PADDINGS is config_check.PADDINGS
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):

@@ -110,3 +110,29 @@ def test_random_flip_can_be_switched_off(data_dir):
   for a, b, m in zip(plain, flipped, mirrored):
     if m:
       np.testing.assert_array_equal(a[:, ::-1], b)
+
+
+def test_a_converted_models_padding_and_epsilon_are_recorded_and_checked(
+    tmp_path):
+  # timm's weights: PyTorch padding and BatchNorm epsilon 1e-5. The folder
+  # rebuilds that network, and init_from refuses a model built otherwise.
+  source = str(tmp_path / 'timm')
+  pretrained.save_converted(source, _variables(), name='mobilenet_v1',
+                            alpha=0.25, num_classes=4, source='test',
+                            padding='symmetric', bn_epsilon=1e-5)
+  model_kwargs, _ = pretrained.load_converted(source)
+  model = models.create_model(**model_kwargs)
+  assert (model.padding, model.bn_epsilon) == ('symmetric', 1e-5)
+  timm_network = {'padding': 'symmetric', 'bn_epsilon': 1e-5}
+  assert pretrained.plan_transfer(source, _abstract(), 'imagenet2012',
+                                  network=timm_network) == set()
+  with pytest.raises(ValueError, match='model.padding=symmetric') as e:
+    pretrained.plan_transfer(source, _abstract(), 'imagenet2012')
+  assert '\n' not in str(e.value)
+
+
+def test_a_workdirs_padding_is_checked_by_init_from(source_workdir):
+  # source_workdir's config has the default 'same' padding.
+  with pytest.raises(ValueError, match='model.padding=same'):
+    pretrained.plan_transfer(source_workdir, _abstract(), 'shapes',
+                             network={'padding': 'symmetric'})

@@ -1,8 +1,9 @@
 """The depthwise convolution of the `cpu` op set: shifted slices, with a
 hand-written backward pass.
 
-It computes the 'SAME'-padded (TensorFlow convention) depthwise convolution
-of NHWC `x` with a (k, k, 1, C) kernel, as the `reference` op set's
+It computes the padded ('same': TensorFlow's 'SAME'; 'symmetric': PyTorch's
+k // 2 on both sides, `layers.conv_padding`) depthwise convolution of NHWC
+`x` with a (k, k, 1, C) kernel, as the `reference` op set's
 `nn.Conv(feature_group_count=C)` does:
 
   y[n, i, j, c] = sum_{a, b} xpad[n, s*i + a, s*j + b, c] * w[a, b, 0, c]
@@ -26,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax import config_check
+
 
 def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
   """TensorFlow 'SAME' padding (before, after): the extra pixel goes after."""
@@ -34,11 +37,16 @@ def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def pad_same(x, k, s):
-  """NHWC `x` zero-padded for a k x k, stride-s 'SAME' convolution."""
+def pad(x, k, s, padding='same'):
+  """NHWC `x` zero-padded for a k x k, stride-s convolution: 'same' as
+  TensorFlow's 'SAME', 'symmetric' k // 2 on both sides (PyTorch's)."""
+  config_check.one_of('padding', padding, config_check.PADDINGS)
   _, h, w, _ = x.shape
-  return jnp.pad(x, [(0, 0), same_padding(h, k, s), same_padding(w, k, s),
-                     (0, 0)])
+  if padding == 'symmetric':
+    rows = cols = (k // 2, k // 2)
+  else:
+    rows, cols = same_padding(h, k, s), same_padding(w, k, s)
+  return jnp.pad(x, [(0, 0), rows, cols, (0, 0)])
 
 
 def valid_windows(xp, k, s):
@@ -55,10 +63,10 @@ def valid_windows(xp, k, s):
           (1, s, s, 1))
 
 
-def windows(x, k, s):
-  """`valid_windows` of `x` padded for 'SAME': the output has
-  ceil(size / s) rows and columns."""
-  return valid_windows(pad_same(x, k, s), k, s)
+def windows(x, k, s, padding='same'):
+  """`valid_windows` of `x` padded by `pad`: for odd k the output has
+  ceil(size / s) rows and columns with either padding."""
+  return valid_windows(pad(x, k, s, padding), k, s)
 
 
 def _valid_shifted(xp, kernel, strides):
@@ -106,12 +114,12 @@ def _kernel_grad(xp, g, k, s):
   return dw.sum(1).reshape(k, k, 1, xp.shape[3])
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array,
-                   strides: int = 1) -> jax.Array:
-  """Depthwise 'SAME' convolution of NHWC `x` with a (k, k, 1, C) kernel:
-  the shifted form, with the backward pass of `_valid_shifted_vjp`."""
-  return _valid_shifted_vjp(pad_same(x, kernel.shape[0], strides), kernel,
-                            strides)
+def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: int = 1,
+                   padding: str = 'same') -> jax.Array:
+  """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel, padded by
+  `pad`: the shifted form, with the backward pass of `_valid_shifted_vjp`."""
+  return _valid_shifted_vjp(pad(x, kernel.shape[0], strides, padding),
+                            kernel, strides)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax import layers
 from mobilenet_jax.cpu import depthwise
 
 
@@ -73,8 +74,9 @@ def patches_as_dot(inputs, kernel, window_strides, padding, *,
                    lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1,
                    precision=None):
-  """A k x k 'SAME' convolution of a few-channel NHWC input (the stems' RGB
-  image) as one dot over its k*k*C patches (im2col).
+  """A k x k convolution of a few-channel NHWC input (the stems' RGB image)
+  as one dot over its k*k*C patches (im2col), padded 'SAME' or
+  symmetrically (`nn.Conv`'s padding pairs ((k//2, k//2), (k//2, k//2))).
 
   Drop-in for `lax.conv_general_dilated` in `nn.Conv`, same parameters.
   XLA's CPU backend runs the stems' 3x3 stride-2 convolution on 3 channels
@@ -84,10 +86,14 @@ def patches_as_dot(inputs, kernel, window_strides, padding, *,
   del dimension_numbers  # NHWC and HWIO: nn.Conv's, and the patches' order.
   dilated = any(d not in (None, 1) for d in (*(lhs_dilation or ()),
                                              *(rhs_dilation or ())))
-  if (padding != 'SAME' or dilated or feature_group_count != 1
+  kernel_size, strides = kernel.shape[0], window_strides[0]
+  symmetric = ((kernel_size // 2, kernel_size // 2),) * 2
+  if ((padding != 'SAME' and tuple(map(tuple, padding)) != symmetric)
+      or dilated or feature_group_count != 1
       or len(set(window_strides)) != 1):
     raise ValueError('patches_as_dot computes only undilated, ungrouped '
-                     "'SAME' convolutions with equal strides; got padding "
+                     "'SAME' or symmetrically padded convolutions with equal "
+                     'strides; got padding '
                      f'{padding!r}, strides {window_strides}, dilations '
                      f'{lhs_dilation}, {rhs_dilation}, feature_group_count '
                      f'{feature_group_count}')
@@ -95,7 +101,6 @@ def patches_as_dot(inputs, kernel, window_strides, padding, *,
     return lax.conv_general_dilated(
         inputs, kernel, window_strides, padding,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
-  kernel_size, strides = kernel.shape[0], window_strides[0]
   channels = inputs.shape[-1]
   width = kernel_size * kernel_size * channels
   # Tap (a, b), channel c is patch entry (a*k + b)*C + c: the row-major
@@ -104,8 +109,9 @@ def patches_as_dot(inputs, kernel, window_strides, padding, *,
   # fuses into one pass writing the patches; concatenated, every window was
   # copied out and then copied into place.
   patches = None
-  for tap, (_, window) in enumerate(depthwise.windows(inputs, kernel_size,
-                                                      strides)):
+  windows = depthwise.windows(inputs, kernel_size, strides,
+                              'same' if padding == 'SAME' else 'symmetric')
+  for tap, (_, window) in enumerate(windows):
     start = tap * channels
     placed = jnp.pad(window,
                      [(0, 0)] * 3 + [(start, width - start - channels)])
@@ -114,9 +120,10 @@ def patches_as_dot(inputs, kernel, window_strides, padding, *,
                             precision)
 
 
-def conv(features: int, kernel_size: int = 1, strides: int = 1, **kwargs):
-  """An `nn.Conv` with 'SAME' padding, the same parameters as the
-  reference's: 1x1 stride-1 ones run as a dot over channels, k x k ones
+def conv(features: int, kernel_size: int = 1, strides: int = 1,
+         padding: str = 'same', **kwargs):
+  """An `nn.Conv` padded by `layers.conv_padding(padding, kernel_size)`,
+  the same parameters as the reference's: 1x1 stride-1 ones run as a dot over channels, k x k ones
   (k > 1) as a dot over patches when their input has few channels."""
   if kernel_size == 1 and strides == 1:
     conv_general_dilated = pointwise_as_dot
@@ -125,5 +132,6 @@ def conv(features: int, kernel_size: int = 1, strides: int = 1, **kwargs):
   else:
     conv_general_dilated = lax.conv_general_dilated
   return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
-                 padding='SAME', conv_general_dilated=conv_general_dilated,
+                 padding=layers.conv_padding(padding, kernel_size),
+                 conv_general_dilated=conv_general_dilated,
                  **kwargs)

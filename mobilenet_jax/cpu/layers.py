@@ -33,6 +33,7 @@ class DepthwiseConv(nn.Module):
   `nn.Conv(feature_group_count=C)`: shape (k, k, 1, C), name 'kernel'."""
   kernel_size: int
   strides: int = 1
+  padding: str = 'same'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -41,7 +42,7 @@ class DepthwiseConv(nn.Module):
                         (self.kernel_size, self.kernel_size, 1, x.shape[-1]),
                         jnp.float32)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    return depthwise.depthwise_conv(x, kernel, self.strides)
+    return depthwise.depthwise_conv(x, kernel, self.strides, self.padding)
 
 
 class ConvBN(layers.ConvBN):
@@ -52,11 +53,11 @@ class ConvBN(layers.ConvBN):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.depthwise:
-      x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype,
-                        name='conv')(x)
+      x = DepthwiseConv(self.kernel_size, self.strides, self.padding,
+                        dtype=self.dtype, name='conv')(x)
     else:
       x = dots.conv(self.features, self.kernel_size, self.strides,
-                    use_bias=False, kernel_init=layers.KERNEL_INIT,
+                    self.padding, use_bias=False, kernel_init=layers.KERNEL_INIT,
                     dtype=self.dtype, name='conv')(x)
     return layers.ACTIVATIONS[self.activation](self._batch_norm(train)(x))
 

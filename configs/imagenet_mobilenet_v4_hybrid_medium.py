@@ -1,0 +1,20 @@
+"""MobileNetV4-Hybrid-M on ImageNet: the authors' released recipe, TF Model
+Garden's `imagenet_mobilenetv4_hybrid_medium_tpu.yaml` (official/vision/
+configs/experiments/image_classification; 80.7% top-1 at 500 epochs, 256
+px): the Conv-M recipe (`imagenet_mobilenet_v4_conv_medium.py`) at global
+batch 16384 with peak learning rate 0.016 (1560 warm-up steps at that batch,
+20 epochs) and decoupled weight decay 0.1.
+
+Left out (not implemented here): RandAugment (magnitude 15, probability
+0.7) and stochastic depth (0.075).
+
+Arguments: `:alpha=0.75,rho=1.0,t=0,epochs=500,batch_size=16384`.
+"""
+
+from configs import imagenet_mobilenet_v4_conv_medium
+
+
+def get_config(arg=None):
+  return imagenet_mobilenet_v4_conv_medium.get_config(
+      arg, size='hybrid_medium', resolution=256, batch_size=16384,
+      warmup_epochs=20.0, learning_rate=0.016, weight_decay=0.1)
