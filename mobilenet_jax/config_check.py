@@ -140,7 +140,7 @@ def check_model_config(m) -> None:
     check_unit_interval('model.bn_momentum', m.bn_momentum)
   epsilon = m.get('bn_epsilon', 1e-3)
   if not (_is_number(epsilon) and epsilon > 0):
-    raise ValueError(f'model.bn_epsilon must be > 0, got {epsilon!r}')
+    raise ConfigError(f'model.bn_epsilon must be > 0, got {epsilon!r}')
 
 
 def check_config(config) -> None:
