@@ -21,7 +21,7 @@ Szegedy et al. 2015, "Going deeper with convolutions", section 6), resize to
 `resolution`, random horizontal flip. Eval: central square crop of side
 `eval_crop_fraction * min(height, width)` (0.875: 224 out of 256), resize.
 Resizing is bilinear, antialiased only with `data.antialias` (as neither the
-authors' TF pipelines nor big_vision do: it costs about 80% more host CPU
+authors' TF pipelines nor big_vision do: it costs 60-90% more host CPU
 per training image on ImageNet-sized JPEGs). Both end rounded and clipped to
 uint8 pixels: batches cross to the device at a quarter of float32's bytes,
 and the jitted steps normalise them there with `normalise`,
