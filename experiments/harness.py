@@ -66,7 +66,7 @@ def run(sweep_file: str, select: Callable[[hyper.Run], bool] = lambda _: True,
   if not chosen:
     raise ValueError('the experiment\'s flags select no run of the sweep')
   runs, names = zip(*chosen)
-  statuses = sweep.run_from_flags(runs, tpu=spec.tpu, zone=spec.zone,
+  statuses = sweep.run_from_flags(runs, tpus=spec.tpus, zone=spec.zone,
                                   names=names)
   if FLAGS.dry_run:
     return None

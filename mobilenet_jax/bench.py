@@ -49,6 +49,8 @@ if __name__ == '__main__':
   # First, before the heavy imports: this may re-execute the process.
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_step_buffers_mapped()
+  from mobilenet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
 
 import contextlib
 import functools
@@ -65,6 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import imagenet_mobilenet_v2
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 from mobilenet_jax import data
 from mobilenet_jax import host_memory
 from mobilenet_jax import litert
@@ -110,16 +114,18 @@ def summarize(step_seconds, batch_size: int) -> dict:
 
 def _check(name, value, allowed):
   if value not in allowed:
-    raise ValueError(f'{name} must be one of {list(allowed)}, got {value!r}')
+    raise config_check.ConfigError(
+        f'{name} must be one of {list(allowed)}, got {value!r}')
 
 
 def _check_counts(steps: int, warmup: int, batch_size: int):
   if steps < 5:
-    raise ValueError(f'steps must be >= 5 for a median and spread, got {steps}')
+    raise config_check.ConfigError(
+        f'steps must be >= 5 for a median and spread, got {steps}')
   if warmup < 0:
-    raise ValueError(f'warmup must be >= 0, got {warmup}')
+    raise config_check.ConfigError(f'warmup must be >= 0, got {warmup}')
   if batch_size <= 0:
-    raise ValueError(f'batch_size must be > 0, got {batch_size}')
+    raise config_check.ConfigError(f'batch_size must be > 0, got {batch_size}')
 
 
 def _init_variables(model, resolution: int, rng):
@@ -282,7 +288,7 @@ def benchmark_tflite(tflite_path: str, *, threads: int = 1, steps: int = 30,
   `warmup` more) on the LiteRT interpreter with `threads` threads."""
   _check_counts(steps, warmup, 1)
   if threads < 1:
-    raise ValueError(f'threads must be >= 1, got {threads}')
+    raise config_check.ConfigError(f'threads must be >= 1, got {threads}')
   interpreter = litert.load(tflite_path, threads=threads)
   (detail,) = interpreter.get_input_details()
   if detail['dtype'] == np.float32:
@@ -305,12 +311,18 @@ def benchmark_tflite(tflite_path: str, *, threads: int = 1, steps: int = 30,
   }
 
 
+def _ms(value: float) -> str:
+  """Three significant digits ('0.412', '4.12', '41.2', '412'), so that
+  sub-millisecond times (int8 against float at small sizes) differ."""
+  return f'{value:.3g}' if value < 100 else f'{value:.0f}'
+
+
 def _print_timing(result):
   print(f"  {result['img_per_sec']:.1f} img/s; step "
-        f"{result['step_ms_median']:.1f} ms median (min "
-        f"{result['step_ms_min']:.1f}, quartiles {result['step_ms_p25']:.1f}-"
-        f"{result['step_ms_p75']:.1f}, max {result['step_ms_max']:.1f}) over "
-        f"{result['steps']} steps")
+        f"{_ms(result['step_ms_median'])} ms median (min "
+        f"{_ms(result['step_ms_min'])}, quartiles "
+        f"{_ms(result['step_ms_p25'])}-{_ms(result['step_ms_p75'])}, max "
+        f"{_ms(result['step_ms_max'])}) over {result['steps']} steps")
 
 
 def _print_model(result):
@@ -407,4 +419,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,6 +19,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mobilenet_jax import config_check
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 CONFIG_FILE = 'config.json'
 EVAL_SUBDIR = 'eval'
@@ -36,8 +38,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
-    raise ValueError(f'workdir has no {CONFIG_FILE}: {workdir!r} is not a '
-                     'training workdir')
+    raise config_check.ConfigError(
+        f'workdir has no {CONFIG_FILE}: {workdir!r} is not a '
+        'training workdir')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -151,7 +154,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
   A checkpoint whose tree differs from `abstract_state` (another model or
   optimizer, or a TrainState layout of an older version) raises a one-line
-  ValueError naming the difference.
+  ConfigError naming the difference.
   """
   try:
     return manager.restore(step,
@@ -162,7 +165,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
     # unindented line ending in ':'.
     fields = [line[:-1] for line in lines[1:]
               if line.endswith(':') and not line.startswith(' ')]
-    raise ValueError(
+    raise config_check.ConfigError(
         f'checkpoint {os.fspath(manager.directory / str(step))} does not fit '
         f'this TrainState (saved by another config or an older layout): '
         + (f'differing fields {", ".join(fields)}' if fields else lines[0])
@@ -266,7 +269,7 @@ def config_differences(saved_config, config) -> list:
 
 def check_fits(manager: ocp.CheckpointManager, step: int, abstract_state,
                config=None) -> None:
-  """Raises a one-line ValueError if checkpoint `step`'s arrays (names and
+  """Raises a one-line ConfigError if checkpoint `step`'s arrays (names and
   shapes, from its metadata: seconds, nothing compiled or read) differ from
   `abstract_state`'s, naming the config fields (`STATE_FIELDS`, against the
   workdir's config.json) and the arrays that differ. A checkpoint whose
@@ -287,7 +290,7 @@ def check_fits(manager: ocp.CheckpointManager, step: int, abstract_state,
       saved_config = None
     if saved_config is not None:
       differences = config_differences(saved_config, config) + differences
-  raise ValueError(
+  raise config_check.ConfigError(
       f'checkpoint {os.fspath(manager.directory / str(step))} does not fit '
       f'this TrainState (saved by another model or optimizer): '
       f'{"; ".join(differences)}')

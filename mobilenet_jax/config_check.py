@@ -21,6 +21,13 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 # The smallest input side the models accept.
 MIN_RESOLUTION = 32
 
+
+class ConfigError(ValueError):
+  """A user's mistake (a config value, a flag, a path that is not what the
+  command needs), said in one line that names the field and what it allows:
+  commands print it as `error: ...` and exit with status 2 (`cli`). Any
+  other exception is a bug and keeps its traceback."""
+
 OPTIMIZERS = ('adamw', 'rmsprop_tf', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'exponential')
 # Every `optim` field (optim.py's docstring documents each).
@@ -32,10 +39,10 @@ OPTIM_FIELDS = ('name', 'learning_rate', 'base_batch_size', 'schedule',
 
 
 def one_of(field: str, value, allowed) -> None:
-  """A ValueError naming `field` and its allowed values unless `value` is
+  """A ConfigError naming `field` and its allowed values unless `value` is
   one of them."""
   if value not in allowed:
-    raise ValueError(f'{field} must be one of {list(allowed)}, got {value!r}')
+    raise ConfigError(f'{field} must be one of {list(allowed)}, got {value!r}')
 
 
 def is_int(value) -> bool:
@@ -53,47 +60,49 @@ def check_unit_interval(field: str, value) -> None:
   except TypeError:  # not a number
     inside = False
   if not inside:
-    raise ValueError(f'{field} must be in [0, 1), got {value!r}')
+    raise ConfigError(f'{field} must be in [0, 1), got {value!r}')
 
 
 def check_alpha_expansion(name: str, alpha, expansion) -> None:
   """alpha > 0; expansion None, or > 0 for a model that has expansions."""
   if not (_is_number(alpha) and alpha > 0):
-    raise ValueError(f'alpha must be > 0, got {alpha!r}')
+    raise ConfigError(f'alpha must be > 0, got {alpha!r}')
   if expansion is not None:
     if not specs.ARCHITECTURES[name].has_expansion:
-      raise ValueError(
+      raise ConfigError(
           f'expansion must be None for {name}: it has no expansion layers '
           f'(got {expansion!r})')
     if not (_is_number(expansion) and expansion > 0):
-      raise ValueError(f'expansion must be > 0, got {expansion!r}')
+      raise ConfigError(f'expansion must be > 0, got {expansion!r}')
 
 
 def check_optim_config(c) -> None:
-  """Raises ValueError naming the first missing or invalid `optim` field."""
+  """Raises ConfigError naming the first missing or invalid `optim` field."""
   for field in OPTIM_FIELDS:
     if field not in c:
-      raise ValueError(f'optim.{field} is not set (configs/default.py lists '
-                       'every optim field)')
+      raise ConfigError(
+          f'optim.{field} is not set (configs/default.py lists '
+          'every optim field)')
   one_of('optim.name', c.name, OPTIMIZERS)
   one_of('optim.schedule', c.schedule, SCHEDULES)
   for field in ('learning_rate', 'weight_decay'):
     if not getattr(c, field) >= 0:
-      raise ValueError(f'optim.{field} must be >= 0, got {getattr(c, field)!r}')
+      raise ConfigError(
+          f'optim.{field} must be >= 0, got {getattr(c, field)!r}')
   if c.base_batch_size is not None and not (is_int(c.base_batch_size)
                                             and c.base_batch_size > 0):
-    raise ValueError(f'optim.base_batch_size must be an int > 0 or None, got '
-                     f'{c.base_batch_size!r}')
+    raise ConfigError(f'optim.base_batch_size must be an int > 0 or None, got '
+                      f'{c.base_batch_size!r}')
   if c.warmup_steps is not None and not (is_int(c.warmup_steps)
                                          and c.warmup_steps >= 0):
-    raise ValueError(f'optim.warmup_steps must be an int >= 0 or None, got '
-                     f'{c.warmup_steps!r}')
+    raise ConfigError(f'optim.warmup_steps must be an int >= 0 or None, got '
+                      f'{c.warmup_steps!r}')
   if c.warmup_epochs is not None and not (_is_number(c.warmup_epochs)
                                           and c.warmup_epochs >= 0):
-    raise ValueError(f'optim.warmup_epochs must be >= 0 or None, got '
-                     f'{c.warmup_epochs!r}')
+    raise ConfigError(f'optim.warmup_epochs must be >= 0 or None, got '
+                      f'{c.warmup_epochs!r}')
   if (c.warmup_steps is None) == (c.warmup_epochs is None):
-    raise ValueError(
+    raise ConfigError(
         'set exactly one of optim.warmup_steps and optim.warmup_epochs, got '
         f'{c.warmup_steps!r} and {c.warmup_epochs!r} (a recipe that gives '
         'the warm-up in epochs takes --config.optim.warmup_epochs)')
@@ -103,9 +112,9 @@ def check_optim_config(c) -> None:
   for field in ('decay_rate', 'decay_epochs', 'rmsprop_epsilon',
                 'adam_epsilon'):
     if not getattr(c, field) > 0:
-      raise ValueError(f'optim.{field} must be > 0, got {getattr(c, field)!r}')
+      raise ConfigError(f'optim.{field} must be > 0, got {getattr(c, field)!r}')
   if c.grad_clip_norm is not None and not c.grad_clip_norm >= 0:
-    raise ValueError(
+    raise ConfigError(
         f'optim.grad_clip_norm must be >= 0 or None, got {c.grad_clip_norm!r}')
 
 
@@ -119,15 +128,15 @@ def check_model_config(m) -> None:
          (True, False))
   try:
     check_alpha_expansion(m.name, m.alpha, m.get('expansion'))
-  except ValueError as e:
-    raise ValueError(f'model.{e}') from None
+  except ConfigError as e:
+    raise ConfigError(f'model.{e}') from None
   check_unit_interval('model.dropout_rate', m.dropout_rate)
   if m.get('bn_momentum') is not None:
     check_unit_interval('model.bn_momentum', m.bn_momentum)
 
 
 def check_config(config) -> None:
-  """Raises a one-line ValueError naming the first field of a training
+  """Raises a one-line ConfigError naming the first field of a training
   config (a ConfigDict as configs/default.py builds it) whose value is not
   allowed, e.g. "optim.name must be one of ['adamw', 'rmsprop_tf', 'sgd'],
   got 'adamx'"."""
@@ -135,35 +144,41 @@ def check_config(config) -> None:
   check_optim_config(config.optim)
   d = config.data
   if not (_is_number(d.rho) and d.rho > 0):
-    raise ValueError(f'data.rho must be > 0, got {d.rho!r}')
+    raise ConfigError(f'data.rho must be > 0, got {d.rho!r}')
   if not is_int(d.base_resolution):
-    raise ValueError(f'data.base_resolution must be an int, got '
-                     f'{d.base_resolution!r}')
+    raise ConfigError(
+        f'data.base_resolution must be an int, got '
+        f'{d.base_resolution!r}')
   if round(d.rho * d.base_resolution) < MIN_RESOLUTION:
-    raise ValueError(f'data.rho * data.base_resolution must be >= '
-                     f'{MIN_RESOLUTION}, got {d.rho} * {d.base_resolution}')
+    raise ConfigError(
+        f'data.rho * data.base_resolution must be >= '
+        f'{MIN_RESOLUTION}, got {d.rho} * {d.base_resolution}')
   one_of('data.cache', d.get('cache'), (None, True, False))
   one_of('data.random_flip', d.get('random_flip', True), (True, False))
   one_of('data.antialias', d.get('antialias', False), (True, False))
   for field in ('batch_size',):
     if not (is_int(config[field]) and config[field] > 0):
-      raise ValueError(f'{field} must be an int > 0, got {config[field]!r}')
+      raise ConfigError(f'{field} must be an int > 0, got {config[field]!r}')
   for field in ('eval_batch_size', 'num_train_steps', 'log_every_steps',
                 'eval_every_steps', 'checkpoint_every_steps'):
     value = config.get(field, 0)
     if not (is_int(value) and value >= 0):
-      raise ValueError(f'{field} must be an int >= 0 (0 = '
-                       f'{"only at the end" if "every" in field else "unset"}'
-                       f'), got {value!r}')
+      raise ConfigError(
+          f'{field} must be an int >= 0 (0 = '
+          f'{"only at the end" if "every" in field else "unset"}'
+          f'), got {value!r}')
   if not config.get('num_train_steps') and not config.get('num_epochs', 0) > 0:
-    raise ValueError('set num_train_steps or num_epochs (> 0)')
+    raise ConfigError('set num_train_steps or num_epochs (> 0)')
   keep = config.get('keep_checkpoints')
   if keep is not None and not (is_int(keep) and keep > 0):
-    raise ValueError(f'keep_checkpoints must be an int > 0 or None (all), '
-                     f'got {keep!r}')
+    raise ConfigError(
+        f'keep_checkpoints must be an int > 0 or None (all), '
+        f'got {keep!r}')
   if config.get('freeze_backbone') and not config.get('init_from'):
-    raise ValueError('freeze_backbone needs init_from (a checkpoint to '
-                     'start the frozen backbone from)')
+    raise ConfigError(
+        'freeze_backbone needs init_from (a checkpoint to '
+        'start the frozen backbone from)')
   if config.get('init_head') and not config.get('init_from'):
-    raise ValueError('init_head needs init_from (the checkpoint whose '
-                     'classifier to keep)')
+    raise ConfigError(
+        'init_head needs init_from (the checkpoint whose '
+        'classifier to keep)')

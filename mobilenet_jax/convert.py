@@ -9,7 +9,7 @@ V3 with `minimalistic=True` -> mobilenet_v3_*_minimal. V3 must be built with
 Both networks are listed as their weighted layers in call order (ours, with
 the `reference` op set: every nn.Conv, nn.Dense and nn.BatchNorm; Keras': every
 Conv2D, DepthwiseConv2D, BatchNormalization and Dense) and zipped, checking
-kinds and shapes; the first layer that does not line up is a ValueError.
+kinds and shapes; the first layer that does not line up is a ConfigError.
 Layouts: Keras' depthwise kernel (k, k, C, 1) is our (k, k, 1, C); its 1x1
 Conv2D head/classifier (1, 1, in, out) is our nn.Dense (in, out); BatchNorm
 gamma/beta/moving_mean/moving_variance are scale/bias/mean/var.
@@ -21,7 +21,10 @@ format, which `init_from` and `pretrained.load_converted` read):
       --model=mobilenet_v2 --alpha=1.0 --output=DIR
 """
 
-import sys
+if __name__ == '__main__':
+  # Before the imports that load TensorFlow.
+  from mobilenet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
 
 from absl import app
 from absl import flags
@@ -31,6 +34,8 @@ import jax.numpy as jnp
 import keras
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
 
@@ -69,7 +74,7 @@ def _keras_layers(keras_model: keras.Model):
   out = []
   for layer in keras_model.layers:
     if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
-      raise ValueError(
+      raise config_check.ConfigError(
           f'keras_model has a preprocessing layer {layer.name!r}; build it '
           'with include_preprocessing=False (our models take scaled images)')
     if not layer.weights:
@@ -85,7 +90,7 @@ def _keras_layers(keras_model: keras.Model):
       arrays = {'scale': layer.gamma, 'bias': layer.beta,
                 'mean': layer.moving_mean, 'var': layer.moving_variance}
     else:
-      raise ValueError(
+      raise config_check.ConfigError(
           f'Keras layer {layer.name!r} ({type(layer).__name__}) has weights '
           'but no counterpart: only Conv2D, DepthwiseConv2D, '
           'BatchNormalization and Dense convert')
@@ -124,7 +129,7 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
     whose logits equal Keras' pre-softmax outputs.
 
   Raises:
-    ValueError: if the two networks' weighted layers do not line up, naming
+    ConfigError: if the two networks' weighted layers do not line up, naming
       the first pair that differs.
   """
   model = models.create_model(name, alpha=alpha,
@@ -147,12 +152,12 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
                 if tuple(rest) == path}
     if (kind != keras_kind or set(expected) != set(variables) or any(
         expected[k].shape != variables[k].shape for k in expected)):
-      raise ValueError(
+      raise config_check.ConfigError(
           f'layer {i} does not line up: Keras {keras_name!r} ({keras_kind}: '
           f'{_shapes(variables)}) vs {name} (alpha={alpha}) '
           f'{"/".join(path)!r} ({kind}: {_shapes(expected)})')
     if kind == 'batch_norm' and keras_layer.epsilon != model.bn_epsilon:
-      raise ValueError(
+      raise config_check.ConfigError(
           f'Keras {keras_name!r} has BatchNorm epsilon {keras_layer.epsilon}; '
           f'pass bn_epsilon={keras_layer.epsilon} (got {model.bn_epsilon})')
     for (col, key), value in variables.items():
@@ -161,41 +166,52 @@ def from_keras(keras_model: keras.Model, name: str, *, alpha: float = 1.0,
     first = ('ours ' + repr('/'.join(ours[len(theirs)][0]))
              if len(ours) > len(theirs) else
              'Keras ' + repr(theirs[len(ours)][0].name))
-    raise ValueError(
+    raise config_check.ConfigError(
         f'{name} (alpha={alpha}) has {len(ours)} weighted layers, the Keras '
         f'model {len(theirs)}; the first unmatched is {first}')
   missing = sorted('/'.join(k) for k in set(flat_abstract) - set(flat))
   if missing:
-    raise ValueError(f'{name} variables with no Keras counterpart: {missing}')
+    raise config_check.ConfigError(
+        f'{name} variables with no Keras counterpart: {missing}')
   return model, traverse_util.unflatten_dict(flat)
 
 
 def convert_file(keras_path: str, name: str, output: str,
-                 alpha: float = 1.0) -> None:
+                 alpha: float = 1.0) -> str:
   """Converts a saved `.keras` model into the converted-model folder
-  `output` (`mobilenet_jax.pretrained`), which must not exist or be empty."""
+  `output` (`mobilenet_jax.pretrained`), which must not exist or be empty;
+  returns `summary_line`'s report of it."""
   if name not in models.REGISTRY:
-    raise ValueError(
+    raise config_check.ConfigError(
         f'model must be one of {sorted(models.REGISTRY)}, got {name!r}')
   output = checkpoint.absolute_path(output)
   if output.exists() and (not output.is_dir() or any(output.iterdir())):
-    raise ValueError(f'output {output} exists and is not empty; refusing to '
-                     'overwrite it')
+    raise config_check.ConfigError(
+        f'output {output} exists and is not empty; refusing to '
+        'overwrite it')
   model, variables = from_keras(keras.models.load_model(keras_path), name,
                                 alpha=alpha)
+  source = str(checkpoint.absolute_path(keras_path))
   pretrained.save_converted(
       output, variables, name=name, alpha=alpha, num_classes=model.num_classes,
-      source=str(checkpoint.absolute_path(keras_path)))
+      source=source)
+  return summary_line(output, name, alpha, model.num_classes, source)
+
+
+def summary_line(output, name: str, alpha: float, num_classes: int,
+                 source: str) -> str:
+  """The command's last line, whichever source it converted: what it wrote
+  where, e.g. 'wrote DIR: mobilenet_v2 alpha 1.0, 1000 classes, from
+  m.keras'."""
+  return (f'wrote {output}: {name} alpha {alpha}, {num_classes} classes, '
+          f'from {source}')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    convert_file(flags.FLAGS.keras_model, flags.FLAGS.model,
-                 flags.FLAGS.output, flags.FLAGS.alpha)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  print(convert_file(flags.FLAGS.keras_model, flags.FLAGS.model,
+                     flags.FLAGS.output, flags.FLAGS.alpha))
 
 
 if __name__ == '__main__':
@@ -208,4 +224,4 @@ if __name__ == '__main__':
   flags.DEFINE_float('alpha', 1.0, 'The Keras model\'s width multiplier.')
   flags.DEFINE_string('output', None, 'A new (or empty) output directory.',
                       required=True)
-  app.run(main)
+  cli.run(main)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mobilenet_jax import config_check
 from mobilenet_jax import models
 from mobilenet_jax.blocks import DepthwiseSeparable, InvertedResidual
 
@@ -229,7 +230,8 @@ def profile_model(model: nn.Module, resolution: int = 224) -> Profile:
     with the BatchNorm that follows it), and the totals.
   """
   if not (isinstance(resolution, int) and resolution > 0):
-    raise ValueError(f'resolution must be a positive int, got {resolution!r}')
+    raise config_check.ConfigError(
+        f'resolution must be a positive int, got {resolution!r}')
   if isinstance(model, models.MobileNet):
     model = model.clone(ops='reference')
   calls, variables = _trace(model, resolution)

@@ -31,6 +31,8 @@ if __name__ == '__main__':
   # First, before the heavy imports: this may re-execute the process.
   from mobilenet_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_step_buffers_mapped()
+  from mobilenet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
 
 import json
 import sys
@@ -41,9 +43,10 @@ import ml_collections
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 from mobilenet_jax import evaluation
 from mobilenet_jax import litert
-from mobilenet_jax import writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A training workdir.')
@@ -60,6 +63,8 @@ flags.DEFINE_enum('use_ema', None, ['true', 'false'], 'Evaluate the EMA '
                   'weights (default: when the run kept them).')
 flags.DEFINE_string('dataset', None, 'Override data.dataset.')
 flags.DEFINE_string('split', None, 'Override data.eval_split.')
+flags.DEFINE_bool('force', False, 'Evaluate a step again although its result '
+                  'is stored (into a new file step_<N>[.<variant>].<k>.json).')
 
 
 def _override_fields() -> ml_collections.ConfigDict:
@@ -95,40 +100,40 @@ def _overrides() -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  writers.quiet_orbax_info()
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if (FLAGS.workdir is None) == (FLAGS.tflite is None):
-    sys.exit('error: give exactly one of --workdir and --tflite')
+    raise config_check.ConfigError('give exactly one of --workdir and --tflite')
   if sum([FLAGS.step is not None, FLAGS.all, FLAGS.watch]) > 1:
-    sys.exit('error: --step, --all and --watch are exclusive')
-  try:
-    if FLAGS.tflite:
-      print(json.dumps(litert.evaluate(FLAGS.tflite, FLAGS.dataset,
-                                       FLAGS.split)))
-      return
-    use_ema = None if FLAGS.use_ema is None else FLAGS.use_ema == 'true'
-    evaluator = evaluation.Evaluator(FLAGS.workdir, use_ema, FLAGS.dataset,
-                                     FLAGS.split, _overrides())
-    if FLAGS.watch:
+    raise config_check.ConfigError('--step, --all and --watch are exclusive')
+  if FLAGS.tflite:
+    print(json.dumps(litert.evaluate(FLAGS.tflite, FLAGS.dataset,
+                                     FLAGS.split)))
+    return
+  use_ema = None if FLAGS.use_ema is None else FLAGS.use_ema == 'true'
+  evaluator = evaluation.Evaluator(FLAGS.workdir, use_ema, FLAGS.dataset,
+                                   FLAGS.split, _overrides())
+  if FLAGS.watch:
+    try:
       evaluation.watch(evaluator, FLAGS.poll_seconds, FLAGS.watch_timeout)
-      return
-    steps = evaluator.steps()
-    if not steps:
-      raise ValueError(f'workdir {FLAGS.workdir!r} has no checkpoints')
-    if FLAGS.all:
-      todo = steps
-    elif FLAGS.step is not None:
-      if FLAGS.step not in steps:
-        raise ValueError(f'step must be one of the saved steps {steps}, got '
-                         f'{FLAGS.step}')
-      todo = [FLAGS.step]
-    else:
-      todo = [steps[-1]]
-    for step in todo:
-      print(json.dumps(evaluator.evaluate(step)))
-  except (ValueError, TimeoutError) as e:
-    sys.exit(f'error: {e}')
+    except TimeoutError as e:
+      sys.exit(f'error: {e}')
+    return
+  steps = evaluator.steps()
+  if not steps:
+    raise config_check.ConfigError(
+        f'workdir {FLAGS.workdir!r} has no checkpoints')
+  if FLAGS.all:
+    todo = steps
+  elif FLAGS.step is not None:
+    if FLAGS.step not in steps:
+      raise config_check.ConfigError(
+          f'step must be one of the saved steps {steps}, got {FLAGS.step}')
+    todo = [FLAGS.step]
+  else:
+    todo = [steps[-1]]
+  for step in todo:
+    print(json.dumps(evaluator.evaluate(step, force=FLAGS.force)))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

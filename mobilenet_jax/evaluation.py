@@ -8,9 +8,14 @@ WORKDIR/eval/step_<N>.json = {"step", "top1", "top5", "loss",
 "num_examples", "ema", "checkpoint"} for the run's own split, dataset and
 EMA setting, and to WORKDIR/eval/step_<N>.<variant>.json
 (`checkpoint.result_variant`, plus "dataset" and "split") for any other.
+A step evaluated before with the same settings is not evaluated again: its
+stored result is read back, unless `force`, which evaluates it again into a
+new file, step_<N>[.<variant>].<k>.json (k = 2, 3, ...); nothing is
+rewritten.
 """
 
 import functools
+import itertools
 import json
 import time
 
@@ -93,13 +98,27 @@ def write_result(workdir: str, result: dict, variant: str = '',
   return str(path)
 
 
+def read_result(workdir: str, step: int, variant: str = '') -> dict | None:
+  """WORKDIR/eval/step_<N>[.<variant>].json as `write_result` wrote it; None
+  where there is none."""
+  path = checkpoint.eval_result_path(workdir, step, variant)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def describe(result: dict) -> str:
+  """'top1 0.9520  top5 1.0000  loss 0.1234 (75 examples)'."""
+  return (f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  loss "
+          f"{result['loss']:.4f} ({result['num_examples']} examples)")
+
+
 def evaluation_variables(state, use_ema: bool) -> dict:
-  """{'params', 'batch_stats'} to evaluate: the state's EMA (a ValueError if
+  """{'params', 'batch_stats'} to evaluate: the state's EMA (a ConfigError if
   the run kept none) or its own variables."""
   if use_ema:
     if state.ema is None:
-      raise ValueError('use_ema is true but this run kept no EMA weights '
-                       '(optim.ema_decay = 0)')
+      raise config_check.ConfigError(
+          'use_ema is true but this run kept no EMA weights '
+          '(optim.ema_decay = 0)')
     return state_lib.unravel_variables(state.ema, state.params,
                                        state.batch_stats)
   return {'params': state.params, 'batch_stats': state.batch_stats}
@@ -152,7 +171,20 @@ class Evaluator:
     self.manager.reload()
     return list(self.manager.all_steps())
 
-  def evaluate(self, step: int) -> dict:
+  def evaluate(self, step: int, force: bool = False) -> dict:
+    """`step`'s result: the stored one where there is one (module
+    docstring), else a new evaluation, written."""
+    variant = self.variant
+    stored = read_result(self.workdir, step, variant)
+    if stored is not None and not force:
+      logging.info('step %d was evaluated before: %s (--force evaluates it '
+                   'again)', step,
+                   checkpoint.eval_result_path(self.workdir, step, variant))
+      return stored
+    if stored is not None:  # force: the next free step_<N>.<variant>.<k>
+      prefix = f'{variant}.' if variant else ''
+      variant = next(f'{prefix}{k}' for k in itertools.count(2)
+                     if read_result(self.workdir, step, f'{prefix}{k}') is None)
     state = checkpoint.restore(self.manager, step, self.abstract_state)
     metrics = evaluate_dataset(
         self.model, evaluation_variables(state, self.use_ema),
@@ -164,11 +196,8 @@ class Evaluator:
     if self.variant:
       result.update(dataset=self.data_config.dataset,
                     split=self.data_config.eval_split)
-    # The run's own settings: eval/step_<N>.json, written only where training
-    # (or an earlier evaluation) has not, so training's result is never
-    # replaced. Other settings: eval/step_<N>.<variant>.json.
-    write_result(self.workdir, result, self.variant,
-                 overwrite=bool(self.variant))
+    path = write_result(self.workdir, result, variant, overwrite=False)
+    logging.info('step %d: %s, written to %s', step, describe(result), path)
     return result
 
 

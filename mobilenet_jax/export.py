@@ -30,10 +30,14 @@ Writes PATH.tflite and PATH.json = {"model", "alpha", "expansion",
 temporary files renamed at the end: an error writes nothing.
 """
 
+if __name__ == '__main__':
+  # Before the imports that load TensorFlow.
+  from mobilenet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
+
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 
 from absl import app
@@ -47,12 +51,13 @@ import tensorflow as tf
 from etils import epath
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 from mobilenet_jax import data
 from mobilenet_jax import evaluation
 from mobilenet_jax import litert
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
-from mobilenet_jax import writers
 
 QUANTIZATIONS = ('none', 'dynamic', 'int8')
 # Keras Applications weights (what `convert` reads) expect inputs in [-1, 1].
@@ -83,12 +88,13 @@ def load_source(directory: str, step: int | None = None,
                 use_ema: bool | None = None) -> Source:
   """The variables of a training workdir (latest or `step`; EMA by default
   when the run kept it) or of a converted-model folder; a one-line
-  ValueError naming `source` or `step` for anything else."""
+  ConfigError naming `source` or `step` for anything else."""
   path = epath.Path(directory)
   if (path / pretrained.MODEL_FILE).exists():
     if step is not None:
-      raise ValueError(f'step: {directory!r} is a converted model, which has '
-                       'no steps')
+      raise config_check.ConfigError(
+          f'step: {directory!r} is a converted model, which has '
+          'no steps')
     model_kwargs, variables = pretrained.load_converted(directory)
     return Source(model_kwargs={**model_kwargs, 'expansion': None},
                   variables=variables, resolution=CONVERTED_RESOLUTION,
@@ -96,18 +102,21 @@ def load_source(directory: str, step: int | None = None,
                   checkpoint=os.fspath(checkpoint.absolute_path(directory)),
                   step=None, ema=False)
   if not (path / checkpoint.CONFIG_FILE).exists():
-    raise ValueError(f'source: {directory!r} is neither a training workdir '
-                     f'(no {checkpoint.CONFIG_FILE}) nor a converted model '
-                     f'(no {pretrained.MODEL_FILE})')
+    raise config_check.ConfigError(
+        f'source: {directory!r} is neither a training workdir '
+        f'(no {checkpoint.CONFIG_FILE}) nor a converted model '
+        f'(no {pretrained.MODEL_FILE})')
   evaluator = evaluation.Evaluator(directory, use_ema)
   steps = evaluator.steps()
   if not steps:
-    raise ValueError(f'source: workdir {directory!r} has no checkpoints')
+    raise config_check.ConfigError(
+        f'source: workdir {directory!r} has no checkpoints')
   if step is None:
     step = steps[-1]
   elif step not in steps:
-    raise ValueError(f'step: must be one of the saved steps {steps}, got '
-                     f'{step}')
+    raise config_check.ConfigError(
+        f'step: must be one of the saved steps {steps}, got '
+        f'{step}')
   state = checkpoint.restore(evaluator.manager, step, evaluator.abstract_state)
   config = evaluator.config
   return Source(
@@ -142,8 +151,9 @@ def calibration_images(data_config, resolution: int,
 
 def _check_quantize(quantize: str) -> None:
   if quantize not in QUANTIZATIONS:
-    raise ValueError(f'quantize: must be one of {list(QUANTIZATIONS)}, got '
-                     f'{quantize!r}')
+    raise config_check.ConfigError(
+        f'quantize: must be one of {list(QUANTIZATIONS)}, got '
+        f'{quantize!r}')
 
 
 def _is_scalar_constant(value, expected: int) -> bool:
@@ -230,7 +240,7 @@ def configure_converter(converter: tf.lite.TFLiteConverter, quantize: str,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantize == 'int8':
     if calibration is None:
-      raise ValueError('quantize=int8 needs calibration images')
+      raise config_check.ConfigError('quantize=int8 needs calibration images')
     converter.representative_dataset = lambda: ([image[None]]
                                                 for image in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -263,6 +273,12 @@ def to_tflite(model, variables: dict, resolution: int, quantize: str = 'none',
   return converter.convert()
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _write_atomically(path: str, content: bytes) -> None:
   """Writes `content` to a temporary file beside `path`, then renames it."""
   fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or '.',
@@ -270,6 +286,7 @@ def _write_atomically(path: str, content: bytes) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(content)
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600: as open() would
     os.replace(temp, path)
   except BaseException:
     os.unlink(temp)
@@ -288,33 +305,38 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
   returns the metadata (see the module docstring).
 
   Every argument is checked before anything is converted; a bad one is a
-  one-line ValueError naming it, and nothing is written.
+  one-line ConfigError naming it, and nothing is written.
   """
   _check_quantize(quantize)
   if not output.endswith('.tflite'):
-    raise ValueError(f'output: must end in .tflite, got {output!r}')
+    raise config_check.ConfigError(
+        f'output: must end in .tflite, got {output!r}')
   folder = os.path.dirname(output) or '.'
   if not os.path.isdir(folder):
-    raise ValueError(f'output: folder {folder!r} does not exist')
+    raise config_check.ConfigError(f'output: folder {folder!r} does not exist')
   if resolution is not None and resolution < models.MIN_RESOLUTION:
-    raise ValueError(f'resolution: must be >= {models.MIN_RESOLUTION}, got '
-                     f'{resolution}')
+    raise config_check.ConfigError(
+        f'resolution: must be >= {models.MIN_RESOLUTION}, got '
+        f'{resolution}')
   if calibration_examples < 1:
-    raise ValueError(f'calibration_examples: must be >= 1, got '
-                     f'{calibration_examples}')
+    raise config_check.ConfigError(
+        f'calibration_examples: must be >= 1, got '
+        f'{calibration_examples}')
   if float_io and quantize != 'int8':
-    raise ValueError('float_io: applies to quantize=int8 only')
+    raise config_check.ConfigError('float_io: applies to quantize=int8 only')
   if calibration_dataset and quantize != 'int8':
-    raise ValueError('calibration_dataset: applies to quantize=int8 only')
+    raise config_check.ConfigError(
+        'calibration_dataset: applies to quantize=int8 only')
   loaded = load_source(source, step, use_ema)
   data_config = loaded.data_config
   if calibration_dataset:
     data_config = litert.dataset_config(calibration_dataset, loaded.mean,
                                         loaded.std, data_dir, data_config)
   elif quantize == 'int8' and data_config is None:
-    raise ValueError(f'calibration_dataset: {source!r} is a converted model, '
-                     'which has no training data to calibrate int8 on; name '
-                     'a dataset (e.g. shapes)')
+    raise config_check.ConfigError(
+        f'calibration_dataset: {source!r} is a converted model, '
+        'which has no training data to calibrate int8 on; name '
+        'a dataset (e.g. shapes)')
   resolution = resolution or loaded.resolution
   calibration = None
   if quantize == 'int8':
@@ -357,16 +379,12 @@ def summary_line(output: str, meta: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  writers.quiet_orbax_info()
   f = flags.FLAGS
-  try:
-    meta = export_tflite(
-        f.source, f.output, step=f.step, use_ema=f.use_ema,
-        resolution=f.resolution, quantize=f.quantize, float_io=f.float_io,
-        calibration_examples=f.calibration_examples,
-        calibration_dataset=f.calibration_dataset)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  meta = export_tflite(
+      f.source, f.output, step=f.step, use_ema=f.use_ema,
+      resolution=f.resolution, quantize=f.quantize, float_io=f.float_io,
+      calibration_examples=f.calibration_examples,
+      calibration_dataset=f.calibration_dataset)
   print(summary_line(f.output, meta))
 
 
@@ -392,4 +410,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('output', None, 'The .tflite file to write (its folder '
                       'must exist); the metadata goes beside it as .json.',
                       required=True)
-  app.run(main)
+  cli.run(main)

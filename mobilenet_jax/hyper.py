@@ -19,6 +19,8 @@ import itertools
 import re
 from typing import Any, Sequence
 
+from mobilenet_jax import config_check
+
 Run = dict[str, Any]
 
 _KEY = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
@@ -27,22 +29,25 @@ _VALUE_TYPES = (bool, int, float, str)
 
 def _check_key(key: str) -> None:
   if not (isinstance(key, str) and _KEY.fullmatch(key)):
-    raise ValueError(f'sweep key must be a dotted config field path such as '
-                     f"'model.alpha', got {key!r}")
+    raise config_check.ConfigError(
+        f'sweep key must be a dotted config field path such as '
+        f"'model.alpha', got {key!r}")
 
 
 def _check_value(key: str, value: Any) -> None:
   if not isinstance(value, _VALUE_TYPES):
-    raise ValueError(f'sweep value of {key} must be a bool, int, float or '
-                     f'str, got {value!r}')
+    raise config_check.ConfigError(
+        f'sweep value of {key} must be a bool, int, float or '
+        f'str, got {value!r}')
 
 
 def sweep(key: str, values: Sequence[Any]) -> list[Run]:
   """One run per value of config field `key`."""
   _check_key(key)
   if isinstance(values, (str, bytes)) or not values:
-    raise ValueError(f'sweep values of {key} must be a non-empty list, got '
-                     f'{values!r}')
+    raise config_check.ConfigError(
+        f'sweep values of {key} must be a non-empty list, got '
+        f'{values!r}')
   for value in values:
     _check_value(key, value)
   return [{key: value} for value in values]
@@ -60,8 +65,9 @@ def _merge(runs: Sequence[Run]) -> Run:
   for run in runs:
     for key in run:
       if key in merged:
-        raise ValueError(f'sweep key {key} is set by two factors of one '
-                         'product or zip')
+        raise config_check.ConfigError(
+            f'sweep key {key} is set by two factors of one '
+            'product or zip')
     merged.update(run)
   return merged
 
@@ -75,6 +81,7 @@ def zipit(sweeps: Sequence[list[Run]]) -> list[Run]:
   """Runs merged element by element; the sweeps must have equal lengths."""
   lengths = sorted({len(runs) for runs in sweeps})
   if len(lengths) > 1:
-    raise ValueError(f'zipit needs sweeps of equal length, got lengths '
-                     f'{[len(runs) for runs in sweeps]}')
+    raise config_check.ConfigError(
+        f'zipit needs sweeps of equal length, got lengths '
+        f'{[len(runs) for runs in sweeps]}')
   return [_merge(runs) for runs in zip(*sweeps)]

@@ -23,6 +23,7 @@ from etils import epath
 
 from configs import default as default_config
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import data
 
 
@@ -132,15 +133,17 @@ def evaluate(tflite_path: str, dataset: str | None = None,
   """
   meta_file = epath.Path(metadata_path(tflite_path))
   if not meta_file.exists():
-    raise ValueError(f'tflite: {tflite_path!r} has no {meta_file.name} '
-                     'beside it (write exports with mobilenet_jax.export)')
+    raise config_check.ConfigError(
+        f'tflite: {tflite_path!r} has no {meta_file.name} '
+        'beside it (write exports with mobilenet_jax.export)')
   meta = json.loads(meta_file.read_text())
   converted = meta['step'] is None
   if converted:
     if not dataset:
-      raise ValueError(f'dataset: {tflite_path!r} was exported from a '
-                       'converted model, which has no data of its own; name '
-                       'a dataset to evaluate on (e.g. shapes)')
+      raise config_check.ConfigError(
+          f'dataset: {tflite_path!r} was exported from a '
+          'converted model, which has no data of its own; name '
+          'a dataset to evaluate on (e.g. shapes)')
     data_config = dataset_config(dataset, meta['mean'], meta['std'],
                                  data_dir)
     config = default_config.get_config()

@@ -152,8 +152,9 @@ class MobileNet(nn.Module):
     if images.ndim != 4:
       raise ValueError(f'images must be NHWC (4-D), got shape {images.shape}')
     if min(images.shape[1:3]) < MIN_RESOLUTION:
-      raise ValueError(f'resolution must be >= {MIN_RESOLUTION}, got '
-                       f'{images.shape[1]}x{images.shape[2]}')
+      raise config_check.ConfigError(
+          f'resolution must be >= {MIN_RESOLUTION}, got '
+          f'{images.shape[1]}x{images.shape[2]}')
     op_set = ops_lib.get(self.ops)
     bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
               dtype=self.dtype, float32_weight_grads=self.float32_weight_grads)
@@ -225,24 +226,26 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
       transpose); False: plain Flax layers (autodiff's gradients in `dtype`).
   """
   if name not in REGISTRY:
-    raise ValueError(
+    raise config_check.ConfigError(
         f'model name must be one of {sorted(REGISTRY)}, got {name!r}')
   arch = REGISTRY[name]
   check_alpha_expansion(arch, name, alpha, expansion)
   # Any integer type (a count read with numpy, say), but not a bool.
   if (isinstance(num_classes, bool)
       or not isinstance(num_classes, numbers.Integral) or num_classes <= 0):
-    raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+    raise config_check.ConfigError(
+        f'num_classes must be a positive int, got {num_classes!r}')
   num_classes = int(num_classes)
   if not 0 <= dropout_rate < 1:
-    raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
+    raise config_check.ConfigError(
+        f'dropout_rate must be in [0, 1), got {dropout_rate!r}')
   ops = ops_lib.resolve(ops)
   try:
     compute_dtype = jnp.dtype(dtype)
   except TypeError:  # not a dtype at all, e.g. 'bf16'
     compute_dtype = None
   if compute_dtype not in [jnp.dtype(d) for d in config_check.DTYPES]:
-    raise ValueError(
+    raise config_check.ConfigError(
         f'dtype must be one of {list(config_check.DTYPES)}, got {dtype!r}')
   return MobileNet(
       plan=plan_layers(arch, alpha, expansion), head=arch.head, alpha=alpha,
@@ -257,10 +260,11 @@ def create_model(name: str, *, num_classes: int = 1000, alpha: float = 1.0,
 def input_resolution(rho: float = 1.0, base_resolution: int = 224) -> int:
   """The resolution multiplier: input side = round(rho * base_resolution)."""
   if not rho > 0:
-    raise ValueError(f'rho must be > 0, got {rho!r}')
+    raise config_check.ConfigError(f'rho must be > 0, got {rho!r}')
   resolution = round(rho * base_resolution)
   if resolution < MIN_RESOLUTION:
-    raise ValueError(f'resolution must be >= {MIN_RESOLUTION}, got '
-                     f'{resolution} (rho={rho}, base_resolution='
-                     f'{base_resolution})')
+    raise config_check.ConfigError(
+        f'resolution must be >= {MIN_RESOLUTION}, got '
+        f'{resolution} (rho={rho}, base_resolution='
+        f'{base_resolution})')
   return resolution

@@ -54,7 +54,7 @@ from mobilenet_jax import config_check
 OPTIMIZERS = config_check.OPTIMIZERS
 SCHEDULES = config_check.SCHEDULES
 FIELDS = config_check.OPTIM_FIELDS  # every `optim` field (documented above)
-# Raises ValueError naming the first missing or invalid `optim` field.
+# Raises ConfigError naming the first missing or invalid `optim` field.
 check_optim_config = config_check.check_optim_config
 
 
@@ -93,7 +93,7 @@ def resolve_schedule(optim_config, *, num_train_steps: int,
   check_optim_config(optim_config)
   c = optim_config
   if not (_is_int(num_train_steps) and num_train_steps > 0):
-    raise ValueError(
+    raise config_check.ConfigError(
         f'num_train_steps must be a positive int, got {num_train_steps!r}')
   needs_epochs = c.warmup_epochs is not None or c.schedule == 'exponential'
   if needs_epochs and not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
@@ -138,8 +138,9 @@ def create_learning_rate_schedule(optim_config, num_train_steps: int,
                               batch_size=batch_size)
   lr, warmup = resolved['learning_rate'], resolved['warmup_steps']
   if warmup >= num_train_steps:
-    raise ValueError(f'the warm-up ({warmup} steps) must be shorter than '
-                     f'num_train_steps ({num_train_steps})')
+    raise config_check.ConfigError(
+        f'the warm-up ({warmup} steps) must be shorter than '
+        f'num_train_steps ({num_train_steps})')
   if optim_config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup,

@@ -25,6 +25,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mobilenet_jax import config_check
+
 DATA_AXIS = 'data'
 
 # Environment variables set on Cloud TPU VMs (GCE) or TPU pods (GKE); JAX's
@@ -116,7 +118,7 @@ def plan_startup(machine: Machine, coordinator_address: str | None = None,
                  num_processes: int | None = None,
                  process_id: int | None = None) -> Startup:
   """Whether and how to start jax.distributed: a pure function of
-  `machine` and the flags; a ValueError for flags that do not go together.
+  `machine` and the flags; a ConfigError for flags that do not go together.
 
   - An explicit coordinator: initialize with the three values (all
     required), gloo for CPU collectives; that many processes expected.
@@ -126,15 +128,19 @@ def plan_startup(machine: Machine, coordinator_address: str | None = None,
     of n > 1 hosts (or --num_processes=n) expects n processes. Skipped on a
     single host where JAX can detect nothing (TPU_SKIP_MDS_QUERY set, no
     worker list).
+  - TPU_PROCESS_BOUNDS=1,1,1 (the runtime told this process it is the only
+    one of its topology: a chip group of `sweep_pool`): nothing to start,
+    so packed processes never race for one coordinator port.
   - Elsewhere: a worker list of n > 1 hosts still initializes (JAX's
     detection decides; n processes expected); --num_processes or
-    --process_id without --coordinator_address is a ValueError; else a
+    --process_id without --coordinator_address is a ConfigError; else a
     single process, nothing to start.
   """
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ValueError('--coordinator_address needs --num_processes and '
-                       '--process_id as well')
+      raise config_check.ConfigError(
+          '--coordinator_address needs --num_processes and '
+          '--process_id as well')
     return Startup(
         initialize=True, reason=f'--coordinator_address={coordinator_address}',
         arguments={'coordinator_address': coordinator_address,
@@ -142,6 +148,9 @@ def plan_startup(machine: Machine, coordinator_address: str | None = None,
         gloo=True, expected_processes=num_processes)
   given = {k: v for k, v in (('num_processes', num_processes),
                              ('process_id', process_id)) if v is not None}
+  if machine.env.get('TPU_PROCESS_BOUNDS') == '1,1,1' and not given:
+    return Startup(initialize=False, reason='one process on its own chips '
+                   '(TPU_PROCESS_BOUNDS=1,1,1: a sweep pool\'s chip group)')
   list_name, hosts = _worker_list(machine.env)
   expected = max(len(hosts), num_processes or 0)
   expected = expected if expected > 1 else None
@@ -160,8 +169,9 @@ def plan_startup(machine: Machine, coordinator_address: str | None = None,
                    reason=f'{list_name} lists {len(hosts)} hosts',
                    expected_processes=expected)
   if given:
-    raise ValueError(f'--{next(iter(given))} needs --coordinator_address '
-                     '(outside a Cloud TPU VM, where JAX detects the rest)')
+    raise config_check.ConfigError(
+        f'--{next(iter(given))} needs --coordinator_address '
+        '(outside a Cloud TPU VM, where JAX detects the rest)')
   return Startup(initialize=False, reason='a single process')
 
 
@@ -172,7 +182,7 @@ def initialize_distributed(coordinator_address: str | None = None,
   """Starts jax.distributed before any other JAX call, as `plan_startup`
   decides for `machine` (default: `probe_machine()`); returns the plan.
 
-  Raises ValueError for flags that do not go together, and
+  Raises ConfigError for flags that do not go together, and
   DistributedStartupError (one line) when jax.distributed.initialize fails
   or fewer (or more) processes run than expected.
   """
@@ -215,7 +225,7 @@ SHARED_MARKER_PREFIX = '.shared_workdir_check_'
 
 
 def check_shared_workdir(workdir: str) -> None:
-  """With several processes, a ValueError unless all of them see `workdir`
+  """With several processes, a ConfigError unless all of them see `workdir`
   as one folder: process 0 writes a uniquely named marker file there, every
   process looks for it after a barrier, all learn what each saw, and
   process 0 removes it (and the workdir if it made it for the check)."""
@@ -244,7 +254,7 @@ def check_shared_workdir(workdir: str) -> None:
   if blind:
     who = (f'process {blind[0]} does' if len(blind) == 1 else
            f'processes {", ".join(map(str, blind))} do')
-    raise ValueError(
+    raise config_check.ConfigError(
         f'--workdir {workdir!r} is not shared between the {count} processes '
         f'({who} not see a file process 0 wrote there): it must be shared '
         'storage such as gs://')
@@ -266,12 +276,13 @@ def check_batch_size(global_batch_size: int, field: str = 'batch_size'):
   """Every device must get the same number of examples."""
   devices, processes = jax.device_count(), jax.process_count()
   if global_batch_size <= 0 or global_batch_size % devices:
-    raise ValueError(
+    raise config_check.ConfigError(
         f'{field} must be a positive multiple of the device count '
         f'({devices}), got {global_batch_size}')
   if global_batch_size % processes:
-    raise ValueError(f'{field} must be a multiple of the process count '
-                     f'({processes}), got {global_batch_size}')
+    raise config_check.ConfigError(
+        f'{field} must be a multiple of the process count '
+        f'({processes}), got {global_batch_size}')
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import models
 
 MODEL_FILE = 'model.json'
@@ -90,8 +91,9 @@ def _source(init_from: str):
             CONVERTED_DATASET)
   steps = checkpoint.saved_steps(init_from)
   if not steps:
-    raise ValueError(f'init_from must be a converted model or a workdir with '
-                     f'checkpoints; found neither at {init_from!r}')
+    raise config_check.ConfigError(
+        f'init_from must be a converted model or a workdir with '
+        f'checkpoints; found neither at {init_from!r}')
   shapes = checkpoint.saved_shapes(
       checkpoint.checkpoint_dir(init_from) / str(steps[-1]) / 'default')
   try:
@@ -114,7 +116,7 @@ def plan_transfer(init_from: str, abstract_variables: dict, dataset: str,
   the classifier, where its shape differs (another number of classes) or
   the source was trained on another dataset than `dataset` (unless
   `init_head`). Returns the fresh variables' names ('params.classifier.
-  kernel', ...); a mismatch is a one-line ValueError naming the arrays."""
+  kernel', ...); a mismatch is a one-line ConfigError naming the arrays."""
   what, saved, source_dataset = _source(init_from)
   expected = checkpoint.array_shapes(abstract_variables)
   if saved is None:  # unreadable metadata: load_pretrained will tell
@@ -125,14 +127,16 @@ def plan_transfer(init_from: str, abstract_variables: dict, dataset: str,
       {k: v for k, v in saved.items() if k not in head},
       {k: v for k, v in expected.items() if k not in head}, extra=False)
   if differences:
-    raise ValueError(f'init_from {init_from!r} ({what}) does not fit this '
-                     f'model: {"; ".join(differences)}; are model.name and '
-                     f'model.alpha right?')
+    raise config_check.ConfigError(
+        f'init_from {init_from!r} ({what}) does not fit this '
+        f'model: {"; ".join(differences)}; are model.name and '
+        f'model.alpha right?')
   if init_head and head_differs:
-    raise ValueError(f'init_head=true keeps the classifier of init_from '
-                     f'{init_from!r}, which has another shape: '
-                     + ', '.join(f'{k} {saved.get(k)} saved, {expected[k]} here'
-                                 for k in head if saved.get(k) != expected[k]))
+    raise config_check.ConfigError(
+        f'init_head=true keeps the classifier of init_from '
+        f'{init_from!r}, which has another shape: '
+        + ', '.join(f'{k} {saved.get(k)} saved, {expected[k]} here'
+        for k in head if saved.get(k) != expected[k]))
   other_data = (source_dataset is not None
                 and not _same_dataset(source_dataset, dataset))
   if head_differs or (other_data and not init_head):
@@ -149,8 +153,9 @@ def load_pretrained(init_from: str) -> dict:
   manager = checkpoint.create_manager(init_from, read_only=True)
   step = manager.latest_step()
   if step is None:
-    raise ValueError(f'init_from must be a converted model or a workdir with '
-                     f'checkpoints; found neither at {init_from!r}')
+    raise config_check.ConfigError(
+        f'init_from must be a converted model or a workdir with '
+        f'checkpoints; found neither at {init_from!r}')
   restored = manager.restore(step, args=ocp.args.StandardRestore())
   return {'params': restored['params'],
           'batch_stats': restored['batch_stats']}

@@ -8,11 +8,12 @@ Shapes only (`jax.eval_shape`): nothing is compiled, any size runs in seconds.
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
 
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 from mobilenet_jax import costs
 from mobilenet_jax import models
 
@@ -38,19 +39,16 @@ flags.mark_flag_as_required('model')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    if _RESOLUTION.value is not None and _RHO.value is not None:
-      raise ValueError('give --resolution or --rho, not both')
-    resolution = _RESOLUTION.value
-    if resolution is None:
-      rho = 1.0 if _RHO.value is None else _RHO.value
-      resolution = models.input_resolution(rho, 224)
-    model = models.create_model(
-        _MODEL.value, num_classes=_NUM_CLASSES.value, alpha=_ALPHA.value,
-        expansion=_EXPANSION.value)
-    profile = costs.profile_model(model, resolution)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
+  if _RESOLUTION.value is not None and _RHO.value is not None:
+    raise config_check.ConfigError('give --resolution or --rho, not both')
+  resolution = _RESOLUTION.value
+  if resolution is None:
+    rho = 1.0 if _RHO.value is None else _RHO.value
+    resolution = models.input_resolution(rho, 224)
+  model = models.create_model(
+      _MODEL.value, num_classes=_NUM_CLASSES.value, alpha=_ALPHA.value,
+      expansion=_EXPANSION.value)
+  profile = costs.profile_model(model, resolution)
   if _JSON.value:
     summary = dict(model=_MODEL.value, alpha=_ALPHA.value,
                    resolution=resolution, expansion=_EXPANSION.value,
@@ -66,4 +64,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

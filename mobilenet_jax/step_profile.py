@@ -19,6 +19,7 @@ import re
 
 from etils import epath
 
+from mobilenet_jax import config_check
 from mobilenet_jax import models
 
 _INSTRUCTION = re.compile(r'%([\w.\-]+) = [^\n]*?op_name="([^"]+)"')
@@ -53,7 +54,7 @@ def _trace_events(trace_dir: str) -> list[dict]:
   paths = sorted(
       epath.Path(trace_dir).glob('plugins/profile/*/*.trace.json.gz'))
   if not paths:
-    raise ValueError(f'no jax.profiler trace under {trace_dir}')
+    raise config_check.ConfigError(f'no jax.profiler trace under {trace_dir}')
   with gzip.open(paths[-1].open('rb')) as f:
     trace = json.load(f)
   return [e for e in trace['traceEvents'] if e.get('ph') == 'X']

@@ -4,9 +4,10 @@ sweep varies (`alpha_0.5-rho_0.857`), holding besides training's own files:
   run.json   the run's overrides, command, config and status (pending,
              running, finished, failed), written before it starts
   log.txt    its output (appended on every attempt); with the tpu_vm
-             launcher, the gcloud command's, and log.<host>.txt each
-             worker's output once an attempt ended (while it trains:
-             `worker_log_path` on the worker's disk)
+             launcher, log.<vm>.<host>.txt each worker's output once an
+             attempt ended (while it trains: `worker_log_path` on the
+             worker's disk), and the pool's lease.json and
+             heartbeat.<epoch>.<host>.json (`sweep_pool`)
   error.txt  the last lines of its output, when it failed
   tflite/    with `sweep run --export`: step_<N>.<float|int8>.tflite, its
              .json (export's metadata) and .result.json (the export's top-1
@@ -17,20 +18,16 @@ eval/step_<num_train_steps>.json. Launching (`sweep`) writes these
 directories; `run_state` (`sweep status`) and `sweep_summary` read them.
 """
 
-import collections
 import dataclasses
 import json
 import os
-import shlex
-import socket
-import subprocess
-import sys
 import time
 from typing import Any, Sequence
 
 from etils import epath
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import hyper
 
 RUN_FILE = 'run.json'
@@ -85,8 +82,9 @@ def run_names(runs: Sequence[hyper.Run]) -> list[str]:
   seen = {}
   for i, name in enumerate(names):
     if name in seen:
-      raise ValueError(f'runs {seen[name]} and {i} of the sweep are both named '
-                       f'{name!r}: a sweep must not list a run twice')
+      raise config_check.ConfigError(
+          f'runs {seen[name]} and {i} of the sweep are both named '
+          f'{name!r}: a sweep must not list a run twice')
     seen[name] = i
   return names
 
@@ -162,6 +160,11 @@ class RunState:
   error: str | None = None
   updated: float | None = None
   worker_log: str | None = None
+  vm: str | None = None
+  chips: list[int] | None = None
+  chip_count: int | None = None
+  elapsed: float | None = None
+  chip_hours: float | None = None
 
 
 def metrics_records(run_dir: epath.Path) -> list[dict]:
@@ -200,7 +203,9 @@ def run_state(run_dir: epath.Path, record: dict | None = None) -> RunState:
   record = read_json(run_dir / RUN_FILE) if record is None else record
   record = record or {}
   state = RunState(record.get('name', run_dir.name), 'pending',
-                   worker_log=record.get('worker_log'))
+                   worker_log=record.get('worker_log'), vm=record.get('vm'),
+                   chips=record.get('chips'))
+  _add_pool_time(state, record, time.time())
   config_path = run_dir / checkpoint.CONFIG_FILE
   if config_path.exists():
     state.num_train_steps = json.loads(
@@ -213,6 +218,9 @@ def run_state(run_dir: epath.Path, record: dict | None = None) -> RunState:
     times = [_mtime(run_dir / METRICS_FILE) if steps else None,
              _mtime(checkpoints[-1]) if checkpoints else None]
     state.updated = max((t for t in times if t is not None), default=None)
+  evals = _eval_results(run_dir)
+  if evals:  # the latest evaluation so far
+    state.top1, state.top5 = evals[-1][1].get('top1'), evals[-1][1].get('top5')
   final = final_eval_path(run_dir)
   if final is not None and final.exists():
     result = json.loads(final.read_text())
@@ -228,11 +236,42 @@ def run_state(run_dir: epath.Path, record: dict | None = None) -> RunState:
   return state
 
 
+def _eval_results(run_dir: epath.Path) -> list[tuple[int, dict]]:
+  """(step, result) of training's own evaluations (eval/step_<N>.json), by
+  step."""
+  folder = run_dir / checkpoint.EVAL_SUBDIR
+  if not folder.exists():
+    return []
+  results = []
+  for path in folder.glob('step_*.json'):
+    step = path.name[len('step_'):-len('.json')]
+    if step.isdigit():
+      try:
+        results.append((int(step), json.loads(path.read_text())))
+      except json.JSONDecodeError:  # being written
+        continue
+  return sorted(results, key=lambda item: item[0])
+
+
+def _add_pool_time(state: RunState, record: dict, now: float) -> None:
+  """Elapsed seconds and chip-hours of a pool run's attempts (run.json's
+  `attempts`, launcher clock; a running one counts until `now`)."""
+  attempts = record.get('attempts') or []
+  if not attempts:
+    return
+  state.elapsed = state.chip_hours = 0.0
+  state.chip_count = attempts[-1].get('chip_count')
+  for attempt in attempts:
+    seconds = max(0.0, (attempt.get('end') or now) - attempt['start'])
+    state.elapsed += seconds
+    state.chip_hours += attempt.get('chip_count', 0) * seconds / 3600
+
+
 def sweep_states(workdir: str) -> list[RunState]:
   """The state of every run (subdirectory with run.json) of a sweep
   directory, in sweep order."""
   if not epath.Path(workdir).is_dir():
-    raise ValueError(f'sweep directory not found: {workdir!r}')
+    raise config_check.ConfigError(f'sweep directory not found: {workdir!r}')
   records = []
   for run_dir in epath.Path(workdir).iterdir():
     record = read_json(run_dir / RUN_FILE)
@@ -251,31 +290,44 @@ def _ago(seconds: float) -> str:
   return f'{seconds / 3600:.1f} h'
 
 
+def _where(state: RunState) -> str:
+  if not state.vm:
+    return ''
+  if state.chips:
+    chips = f' chips {",".join(map(str, state.chips))}'
+  else:
+    chips = f' ({state.chip_count} chips)' if state.chip_count else ''
+  return f' on {state.vm}{chips}'
+
+
 def describe(state: RunState, now: float | None = None) -> str:
-  """One line: 'alpha_0.5: running, step 300/1000 (updated 2 min ago)'."""
+  """One line: 'alpha_0.5: running on tpu-a chips 0,1, step 300/1000,
+  top-1 41.0% (updated 2 min ago); 1h02m, 2.07 chip-h'."""
   now = time.time() if now is None else now
+  top1 = f', top-1 {100 * state.top1:.1f}%' if state.top1 is not None else ''
   if state.status == 'pending':
     text = 'not started'
   elif state.status == 'finished':
-    text = 'finished'
-    if state.top1 is not None:
-      text += f', top-1 {100 * state.top1:.1f}%'
+    text = 'finished' + _where(state) + top1
   elif state.status == 'failed':
-    text = 'failed' + (f': {state.error}' if state.error else '')
+    text = 'failed' + _where(state) + (f': {state.error}' if state.error
+                                       else '')
   else:
     total = f'/{state.num_train_steps}' if state.num_train_steps else ''
-    text = ('running, ' + (f'step {state.step}{total}'
-                           if state.step is not None else 'no step yet'))
+    text = ('running' + _where(state) + ', ' +
+            (f'step {state.step}{total}' if state.step is not None
+             else 'no step yet') + top1)
     if state.updated is not None:
       text += f' (updated {_ago(max(0.0, now - state.updated))} ago)'
-    if state.worker_log:
+    if state.worker_log and not state.vm:
       text += f'; worker log {state.worker_log}'
+  if state.elapsed is not None:
+    text += f'; {_ago(state.elapsed)}, {state.chip_hours:.2f} chip-h'
   return f'{state.name}: {text}'
 
 
-# The tpu_vm launcher's side on each worker: `python -m
-# mobilenet_jax.sweep_runs worker RUN_DIR LOG -- COMMAND...`, started detached
-# (nohup setsid, output appended to LOG on the worker's disk).
+# The tpu_vm launcher's side on each worker (`sweep_pool.worker`, started
+# detached: nohup setsid, output appended to a log on the worker's disk).
 
 WORKER_LOG_ROOT = '~/mobilenet_jax_logs'
 
@@ -285,73 +337,3 @@ def worker_log_path(run_dir: str) -> str:
   ~/mobilenet_jax_logs/<run dir without gs://>/log.txt."""
   path = run_dir.split('://', 1)[-1].strip('/')
   return f'{WORKER_LOG_ROOT}/{path}/{LOG_FILE}'
-
-
-def uploaded_log_name(host: str) -> str:
-  """A worker's log in the run directory once its attempt ended."""
-  return f'log.{host}.txt'
-
-
-def training_pids(run_dir: str, proc: str = '/proc') -> list[int]:
-  """Other processes on this machine training into `run_dir`
-  (`mobilenet_jax.main ... --workdir=RUN_DIR`)."""
-  pids = []
-  for entry in os.listdir(proc) if os.path.isdir(proc) else []:
-    if not entry.isdigit() or int(entry) == os.getpid():
-      continue
-    try:
-      with open(os.path.join(proc, entry, 'cmdline'), 'rb') as f:
-        argv = f.read().decode(errors='replace').split('\0')
-    except OSError:
-      continue
-    if 'mobilenet_jax.main' in argv and f'--workdir={run_dir}' in argv:
-      pids.append(int(entry))
-  return pids
-
-
-def run_worker(run_dir: str, log: str, command: Sequence[str],
-               host: str | None = None) -> int:
-  """Runs `command` (training into `run_dir`) unless this machine already
-  trains into it; its output goes to this process's stdout, which the
-  launcher sends to LOG on the worker's disk. Afterwards copies LOG to
-  RUN_DIR/log.<host>.txt and, when training failed or stopped before the
-  final evaluation, records 'failed' (the last line of output, the exit
-  status, the host) in run.json and the last lines in error.txt. Returns
-  the exit status."""
-  host = host or socket.gethostname()
-  log = os.path.expanduser(log)
-  running = training_pids(run_dir)
-  if running:
-    print(f'{run_dir} is already training on {host} (pid '
-          f'{", ".join(map(str, running))}); not starting it twice',
-          flush=True)
-    return 0
-  print(f'$ {shlex.join(command)}', flush=True)
-  returncode = subprocess.call(list(command))
-  path = epath.Path(run_dir)
-  finished = returncode == 0 and is_finished(path)
-  tail = []
-  if os.path.exists(log):
-    with open(log, errors='replace') as f:
-      tail = list(collections.deque(f, maxlen=ERROR_TAIL_LINES))
-  if returncode == 0 and not finished:
-    tail.append('exited without the final evaluation (preempted?)\n')
-  print(f'exit status {returncode}', flush=True)
-  if os.path.exists(log):
-    with open(log, errors='replace') as f:
-      (path / uploaded_log_name(host)).write_text(f.read())
-  if not finished:
-    lines = ''.join(tail).strip().splitlines()
-    record = read_json(path / RUN_FILE) or {}
-    write_json(path / RUN_FILE, {
-        **record, 'status': 'failed', 'returncode': returncode,
-        'error': lines[-1] if lines else '', 'host': host})
-    (path / ERROR_FILE).write_text(''.join(tail))
-  return returncode
-
-
-if __name__ == '__main__':
-  if len(sys.argv) < 5 or sys.argv[1] != 'worker' or sys.argv[4] != '--':
-    sys.exit('usage: python -m mobilenet_jax.sweep_runs worker RUN_DIR LOG -- '
-             'COMMAND...')
-  sys.exit(run_worker(sys.argv[2], sys.argv[3], sys.argv[5:]))

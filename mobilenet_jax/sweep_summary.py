@@ -4,7 +4,9 @@
 (top-1 against multiply-adds, as the V1 paper's figure 4, for our runs) and,
 when runs were exported (`sweep run --export`), DIR/tradeoff_latency.png
 (each export's top-1 against its measured LiteRT latency, as the V3 paper's
-figures) and the exports' top-1 and latency columns. It works on a partly
+figures) and the exports' top-1 and latency columns. results.csv's last
+column is each run's code hash (`provenance`); runs of one sweep from
+different code give a one-line warning. It works on a partly
 finished sweep and on gs:// directories, and reads only what the runs wrote
 (no dataset, no TensorFlow).
 """
@@ -12,17 +14,21 @@ finished sweep and on gs:// directories, and reads only what the runs wrote
 import csv
 import dataclasses
 import io
+import math
 import os
 import statistics
+import sys
 from typing import Sequence
 
 from etils import epath
 import ml_collections
 
 from mobilenet_jax import checkpoint
+from mobilenet_jax import config_check
 from mobilenet_jax import costs
 from mobilenet_jax import hyper
 from mobilenet_jax import models
+from mobilenet_jax import provenance
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import sweep_runs
 
@@ -42,8 +48,10 @@ class Row:
   top5: float | None = None
   steps: int | None = None
   img_per_sec: float | None = None
+  dataset: str | None = None
   # {'float' / 'int8': sweep_runs.export_result_path's record}
   exports: dict = dataclasses.field(default_factory=dict)
+  code_hash: str | None = None  # of the code its latest start ran
 
 
 def _train_metrics(run_dir: epath.Path) -> list[dict]:
@@ -80,7 +88,7 @@ def collect(workdir: str) -> list[Row]:
   sweep order. Params and MACs are filled in once training has started
   (its resolved config.json records the dataset's classes)."""
   if not epath.Path(workdir).is_dir():
-    raise ValueError(f'sweep directory not found: {workdir!r}')
+    raise config_check.ConfigError(f'sweep directory not found: {workdir!r}')
   records = []
   for run_dir in epath.Path(workdir).iterdir():
     record = sweep_runs.read_json(run_dir / sweep_runs.RUN_FILE)
@@ -102,9 +110,12 @@ def _row(record: dict, run_dir: epath.Path) -> Row:
     config = None
   if config is not None:
     row.resolution = _resolution(config)
+    row.dataset = config.data.dataset
   if started and row.resolution is not None:
     row.params, row.macs = (_model_costs(config, row.resolution)
                             or (None, None))
+  ran = sweep_runs.read_json(run_dir / provenance.PROVENANCE_FILE)
+  row.code_hash = ran['code_hash'] if ran else None
   state = sweep_runs.run_state(run_dir, record)
   row.status, row.top1, row.top5 = state.status, state.top1, state.top5
   if state.status == 'finished':
@@ -137,19 +148,21 @@ def _export_value(row: Row, kind: str, field: str):
 
 def results_csv(rows: Sequence[Row], keys: Sequence[str]) -> str:
   """One line per run; with exports, <kind>_top1 and <kind>_latency_ms
-  columns (kind: float, int8) before the status."""
+  columns (kind: float, int8) before the status; the code hash last."""
   kinds = export_kinds(rows)
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
   writer.writerow(['run', *keys, *_COLUMNS[:-1],
                    *(f'{kind}_{field}' for kind in kinds
-                     for field in ('top1', 'latency_ms')), _COLUMNS[-1]])
+                     for field in ('top1', 'latency_ms')), _COLUMNS[-1],
+                   'code_hash'])
   for row in rows:
     values = [getattr(row, c) for c in _COLUMNS[:-1]]
     values += [_export_value(row, kind, field) for kind in kinds
                for field in ('top1', 'latency_ms')]
     writer.writerow([row.name, *(row.overrides.get(k, '') for k in keys),
-                     *('' if v is None else v for v in values), row.status])
+                     *('' if v is None else v for v in values), row.status,
+                     row.code_hash or ''])
   return out.getvalue()
 
 
@@ -216,6 +229,7 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(figsize=(7, 5))
   for label, points in lines.items():
     xs, ys, notes = zip(*points)
@@ -229,6 +243,8 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
               transform=axes.transAxes)
   else:
     axes.set_xscale('log')
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+    axes.xaxis.set_minor_formatter(ticker.FuncFormatter(_plain_2_and_5))
     axes.legend(fontsize=8)
   axes.set_xlabel(xlabel)
   axes.set_ylabel('top-1 (%)')
@@ -240,6 +256,19 @@ def _plot(lines: dict[str, list[tuple[float, float, str]]], xlabel: str,
   return buffer.getvalue()
 
 
+def _plain(x: float, _=None) -> str:
+  """A log axis' tick label as a plain number ('200', '0.5'), not
+  matplotlib's '2x10^2'."""
+  return f'{x:g}'
+
+
+def _plain_2_and_5(x: float, _=None) -> str:
+  """Labels the minor ticks at 2 and 5 times a power of ten (enough to read
+  an axis that spans less than a decade), others blank."""
+  mantissa = round(x / 10**math.floor(math.log10(x)), 6) if x > 0 else 0
+  return _plain(x) if mantissa in (2, 5) else ''
+
+
 def _note(row: Row, fastest: str | None) -> str:
   if fastest in row.overrides:
     return sweep_runs.format_value(row.overrides[fastest])
@@ -249,6 +278,24 @@ def _note(row: Row, fastest: str | None) -> str:
 def _title(title: str, keys: Sequence[str]) -> str:
   return (title if not keys else
           f'{title} (points: {keys[-1].rsplit(".", 1)[-1]})')
+
+
+def plot_title(sweep: str, rows: Sequence[Row]) -> str:
+  """'SWEEP: DATASET, N steps': what a plot compares, on what; datasets and
+  step counts that differ between runs are listed ('100-300 steps')."""
+  datasets = sorted({row.dataset for row in rows if row.dataset})
+  steps = sorted({row.steps for row in rows if row.steps is not None})
+  parts = [', '.join(datasets) or 'no dataset yet']
+  if steps:
+    parts.append(f'{steps[0]} steps' if len(steps) == 1 else
+                 f'{steps[0]}-{steps[-1]} steps')
+  return f'{sweep}: {", ".join(parts)}'
+
+
+def written_files(rows: Sequence[Row]) -> list[str]:
+  """The files `summarize` writes for `rows`, in its sweep directory."""
+  return ['results.csv', 'results.md', 'tradeoff.png',
+          *(['tradeoff_latency.png'] if export_kinds(rows) else [])]
 
 
 def tradeoff_png(rows: Sequence[Row], keys: Sequence[str], title: str) -> bytes:
@@ -282,13 +329,18 @@ def summarize(workdir: str) -> list[Row]:
   rows."""
   rows = collect(workdir)
   if not rows:
-    raise ValueError(f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
-                     f'in {workdir!r}')
+    raise config_check.ConfigError(
+        f'no runs (subdirectories with {sweep_runs.RUN_FILE}) '
+        f'in {workdir!r}')
   keys = sweep_runs.swept_keys([row.overrides for row in rows])
   path = epath.Path(workdir)
   (path / 'results.csv').write_text(results_csv(rows, keys))
+  hashes = {row.code_hash for row in rows if row.code_hash}
+  if len(hashes) > 1:
+    print(f'warning: the runs of {workdir} ran {len(hashes)} different code '
+          'trees (code_hash column of results.csv)', file=sys.stderr)
   (path / 'results.md').write_text(results_markdown(rows, keys))
-  title = os.path.basename(workdir.rstrip('/'))
+  title = plot_title(os.path.basename(workdir.rstrip('/')), rows)
   (path / 'tradeoff.png').write_bytes(tradeoff_png(rows, keys, title))
   if export_kinds(rows):
     (path / 'tradeoff_latency.png').write_bytes(latency_png(rows, keys, title))

@@ -36,7 +36,6 @@ if __name__ == '__main__':
 import collections
 import json
 import re
-import sys
 import time
 
 from absl import app
@@ -45,6 +44,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
+
+from mobilenet_jax import cli
+from mobilenet_jax import config_check
 
 TOPOLOGY_EXAMPLES = ('v5e:2x2', 'v4:2x2x1', 'v5e:4x4', 'v5p:2x2x1')
 MODES = ('train', 'eval', 'both')
@@ -61,9 +63,10 @@ def topology_mesh(topology: str):
     description = topologies.get_topology_desc(topology_name=topology,
                                                platform='tpu')
   except RuntimeError as e:
-    raise ValueError(f'topology must name a TPU slice, e.g. '
-                     f'{", ".join(TOPOLOGY_EXAMPLES)}; got {topology!r} '
-                     f'({str(e).splitlines()[0]})') from e
+    raise config_check.ConfigError(
+        f'topology must name a TPU slice, e.g. '
+        f'{", ".join(TOPOLOGY_EXAMPLES)}; got {topology!r} '
+        f'({str(e).splitlines()[0]})') from e
   return jax.sharding.Mesh(description.devices, (parallel.DATA_AXIS,))
 
 
@@ -133,7 +136,8 @@ def compile_steps(config: ml_collections.ConfigDict, topology: str,
   from mobilenet_jax import state as state_lib
   from mobilenet_jax import train
   if mode not in MODES:
-    raise ValueError(f'mode must be one of {list(MODES)}, got {mode!r}')
+    raise config_check.ConfigError(
+        f'mode must be one of {list(MODES)}, got {mode!r}')
   mesh = topology_mesh(topology)
   chips = mesh.devices.size
   config = ml_collections.ConfigDict(config.to_dict())
@@ -142,8 +146,9 @@ def compile_steps(config: ml_collections.ConfigDict, topology: str,
   if config.num_train_steps <= 0:
     config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
   if config.batch_size % chips:
-    raise ValueError(f'batch_size must be a multiple of the {chips} chips of '
-                     f'{topology}, got {config.batch_size}')
+    raise config_check.ConfigError(
+        f'batch_size must be a multiple of the {chips} chips of '
+        f'{topology}, got {config.batch_size}')
   config.model.ops = ops.resolve(config.model.ops, 'tpu')
   model = state_lib.model_from_config(config.model, num_classes)
   resolution = models.input_resolution(config.data.rho,
@@ -230,17 +235,12 @@ def main(argv):
   try:
     import libtpu  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    sys.stderr.write(f'error: {INSTALL_HINT}\n')
-    sys.exit(2)
-  try:
-    report = compile_steps(FLAGS.config, FLAGS.topology, FLAGS.mode,
-                           FLAGS.num_classes, FLAGS.train_examples)
-  except ValueError as e:
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
+    raise config_check.ConfigError(INSTALL_HINT) from None
+  report = compile_steps(FLAGS.config, FLAGS.topology, FLAGS.mode,
+                         FLAGS.num_classes, FLAGS.train_examples)
   print(json.dumps(report) if FLAGS.json else format_report(report))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

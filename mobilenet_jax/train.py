@@ -29,6 +29,7 @@ from mobilenet_jax import models
 from mobilenet_jax import optim
 from mobilenet_jax import parallel
 from mobilenet_jax import pretrained
+from mobilenet_jax import provenance
 from mobilenet_jax import state as state_lib
 from mobilenet_jax import writers
 from mobilenet_jax import xla_options
@@ -126,7 +127,7 @@ def resolve_config(config: ml_collections.ConfigDict,
   config.steps_per_epoch = max(1, train_examples // config.batch_size)
   if config.get('num_train_steps', 0) <= 0:
     if config.get('num_epochs', 0) <= 0:
-      raise ValueError('set num_train_steps or num_epochs (> 0)')
+      raise config_check.ConfigError('set num_train_steps or num_epochs (> 0)')
     config.num_train_steps = int(config.num_epochs * config.steps_per_epoch)
   schedule = state_lib.resolve_schedule(config)
   if schedule['warmup_steps'] >= config.num_train_steps:
@@ -163,8 +164,9 @@ def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
   missing = [k for k in flat_new if k not in flat_old
              and '.'.join(k) not in fresh_names]
   if missing:
-    raise ValueError(f'init_from lacks {len(missing)} variables of this model '
-                     f'(first: {"/".join(missing[0])}); is model.name right?')
+    raise config_check.ConfigError(
+        f'init_from lacks {len(missing)} variables of this model '
+        f'(first: {"/".join(missing[0])}); is model.name right?')
   merged = {}
   for key, value in flat_new.items():
     if '.'.join(key) in fresh_names:
@@ -172,13 +174,17 @@ def _transfer(pretrained: dict, fresh: dict, fresh_names=frozenset()) -> dict:
     else:
       value = jnp.asarray(flat_old[key], value.dtype)
     merged[key] = value
+  if not fresh_names:
+    logging.info('init_from: every variable loaded, the classifier included '
+                 '(same classes, and the same dataset or init_head=true)')
   return traverse_util.unflatten_dict(merged)
 
 
 class _Preemption:
   """Remembers a SIGTERM (a preempted VM) or a Ctrl-C (SIGINT) until the
   loop can act on it: save a checkpoint at the next step and exit 0. A
-  second Ctrl-C aborts at once (KeyboardInterrupt).
+  second Ctrl-C aborts at once (KeyboardInterrupt), saying whether that
+  checkpoint was committed (`saved_step`).
 
   In a single process only. Under `jax.distributed`, JAX's preemption
   service catches SIGTERM and every process learns of it at the same step
@@ -190,6 +196,7 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self.saved_step = None  # set once the requested checkpoint is committed
     self._previous = {}
     if (jax.process_count() == 1
         and threading.current_thread() is threading.main_thread()):
@@ -200,6 +207,9 @@ class _Preemption:
     del frame
     name = signal.Signals(signum).name
     if self.requested and signum == signal.SIGINT:
+      if self.saved_step is not None:
+        raise KeyboardInterrupt(f'{name} again: exiting; the checkpoint of '
+                                f'step {self.saved_step} is saved')
       raise KeyboardInterrupt(f'{name} again: aborted without saving')
     logging.warning('%s: saving a checkpoint at the next step and exiting%s',
                     name, ' (Ctrl-C again aborts)'
@@ -216,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains (or resumes) in `workdir`; returns the final evaluation result
   (also written to WORKDIR/eval/step_<N>.json). Returns early with
   {'preempted': True, 'step': N} after a SIGTERM or a Ctrl-C. With several
-  processes, a workdir they do not share is a ValueError."""
+  processes, a workdir they do not share is a ConfigError."""
   parallel.check_shared_workdir(workdir)
   info = data.get_dataset_info(config.data)
   config = resolve_config(config, info)
@@ -242,6 +252,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     # Another model's or optimizer's checkpoint: one line, in seconds.
     checkpoint.check_fits(manager, manager.latest_step(), abstract_state,
                           config)
+    finished = (manager.latest_step() >= config.num_train_steps and
+                evaluation.read_result(workdir, config.num_train_steps))
+    if finished:  # a rerun of a finished run: nothing to do, nothing written
+      logging.info('already finished at step %d: %s (%s)',
+                   config.num_train_steps, evaluation.describe(finished),
+                   checkpoint.eval_result_path(workdir,
+                                               config.num_train_steps))
+      checkpoint.close(manager)
+      return finished
     start_step, state = checkpoint.restore_latest(manager, abstract_state)
     logging.info('Resuming from %s', checkpoint.checkpoint_path(workdir,
                                                                 start_step))
@@ -251,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                            abstract_state.params, fresh_names)
   # Only now, with the config checked and the state restored or created.
   checkpoint.save_config(config, workdir)
+  provenance.record(workdir)
 
   step_fn = jit_train_step(config, model, abstract_state.params, mesh)
 
@@ -270,9 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         model, variables, config.data, global_batch_size=config.eval_batch_size,
         resolution=resolution, num_classes=info.num_classes, mesh=mesh)
     writer.write(step, metrics, prefix='eval')
-    logging.info('eval at step %d: top1 %.4f  top5 %.4f  loss %.4f (%d '
-                 'examples)', step, metrics['top1'], metrics['top5'],
-                 metrics['loss'], metrics['num_examples'])
+    logging.info('eval at step %d: %s', step, evaluation.describe(metrics))
     return metrics
 
   try:
@@ -321,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         checkpoint.save(manager, step, state)
       if preempted:
         checkpoint.wait_until_saved(manager)
+        preemption.saved_step = step
         return {'preempted': True, 'step': step}
       if _every(step, config.eval_every_steps) and not is_last:
         run_eval(step)

@@ -2,8 +2,6 @@
 console line. Only process 0 writes."""
 
 import json
-import logging as std_logging
-import os
 import time
 
 from absl import logging
@@ -57,13 +55,3 @@ def console_line(step: int, total: int, metrics: dict,
                metrics['learning_rate'], timing,
                100 * metrics['input_wait'])
 
-
-def _not_orbax_info(record: std_logging.LogRecord) -> bool:
-  return (record.levelno > std_logging.INFO or
-          f'{os.sep}orbax{os.sep}' not in record.pathname)
-
-
-def quiet_orbax_info() -> None:
-  """Drops orbax's INFO logs (a dozen lines per checkpoint save, which bury
-  the progress lines); its warnings and errors still show."""
-  std_logging.getLogger('absl').addFilter(_not_orbax_info)

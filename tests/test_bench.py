@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import run_module
+from mobilenet_jax import bench
 
 
 @pytest.mark.slow
@@ -25,7 +26,7 @@ def test_bench_json_is_one_consistent_object():
 @pytest.mark.slow
 def test_bench_rejects_an_unknown_model():
   result = run_module('mobilenet_jax.bench', '--model=resnet50', '--json')
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert 'model name must be one of' in result.stderr
 
 
@@ -46,3 +47,10 @@ def test_bench_data_on_a_folder_of_jpegs_reports_cpu_per_image(tmp_path):
   assert abs(report['img_per_sec'] - 4 / (report['step_ms_median'] / 1000)) < (
       1e-6 * report['img_per_sec'] + 1e-3)
   assert report['cpu_ms_per_image'] > 0 and report['cores_busy'] > 0
+
+
+def test_text_times_keep_three_significant_digits():
+  # 0.1 ms rounding hid int8 against float at small sizes.
+  assert [bench._ms(x) for x in (0.41234, 0.4449, 4.1234, 41.234, 412.34,
+                                 1234.4)] == [
+      '0.412', '0.445', '4.12', '41.2', '412', '1234']

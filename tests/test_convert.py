@@ -2,6 +2,7 @@
 
 import functools
 import pathlib
+import re
 import subprocess
 import sys
 import warnings
@@ -146,6 +147,12 @@ def test_cli_round_trip(saved_keras, tmp_path):
   result = run_cli(f'--keras_model={saved_keras}', '--model=mobilenet_v1',
                    '--alpha=0.5', f'--output={output}')
   assert result.returncode == 0, result.stderr
+  # Its last line says what it wrote where; no library INFO log, no banner.
+  assert result.stdout.splitlines()[-1] == (
+      f'wrote {output}: mobilenet_v1 alpha 0.5, {CLASSES} classes, from '
+      f'{saved_keras}')
+  assert not re.search(r'^I\d{4} |oneDNN', result.stderr, re.M), (
+      result.stderr)
   model_kwargs, variables = pretrained.load_converted(str(output))
   assert model_kwargs == {'name': 'mobilenet_v1', 'alpha': 0.5,
                           'num_classes': CLASSES}
@@ -166,8 +173,9 @@ def test_refuses_to_overwrite(saved_keras, tmp_path):
 def test_cli_bad_model_name(saved_keras, tmp_path):
   result = run_cli(f'--keras_model={saved_keras}', '--model=mobilenet_v9',
                    f'--output={tmp_path / "out"}')
-  assert result.returncode != 0
-  last_line = result.stderr.strip().splitlines()[-1]
+  assert result.returncode == 2
+  assert result.stderr.count('\n') == 1, result.stderr  # one line
+  last_line = result.stderr.strip()
   assert 'mobilenet_v9' in last_line
   assert "'mobilenet_v2'" in last_line and "'mobilenet_v3_small'" in last_line
   assert not (tmp_path / 'out').exists()

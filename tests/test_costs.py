@@ -220,7 +220,7 @@ def test_cli_profiles_v4():
 
 def test_cli_bad_input_exits_with_one_line_message():
   result = run_profile('--model=mobilenet_v1', '--expansion=4', '--json')
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert result.stdout == ''
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(

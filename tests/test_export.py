@@ -268,7 +268,19 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
 def test_export_command_reports_bad_input_in_one_line(tmp_path):
   result = run_module('mobilenet_jax.export', f'--source={tmp_path}',
                       f'--output={tmp_path}/m.tflite')
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: source: ')
   assert not os.listdir(tmp_path)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+  # mkstemp creates 0600 files; the .tflite and .json are for sharing.
+  old = os.umask(0o022)
+  try:
+    export._write_atomically(str(tmp_path / 'm.tflite'), b'model')
+  finally:
+    os.umask(old)
+  assert (tmp_path / 'm.tflite').stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / 'm.tflite').read_bytes() == b'model'
+  assert os.listdir(tmp_path) == ['m.tflite']  # no temporary left

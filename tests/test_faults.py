@@ -83,6 +83,28 @@ def test_failed_launches_leave_the_workdir_as_it_was(data_dir, finished_run,
 
 
 @pytest.mark.slow
+def test_rerunning_a_finished_run_changes_no_file(data_dir, finished_run,
+                                                  tmp_path, caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)  # copy2: mtimes kept
+  stats = {path: os.stat(os.path.join(workdir, path)).st_mtime_ns
+           for path in _files(workdir)}
+  before = _files(workdir)
+  stored = json.loads((workdir / 'eval' / 'step_2.json').read_text())
+  with caplog.at_level('INFO'):
+    result = train.train_and_evaluate(
+        tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=1,
+                    **EMA), str(workdir))
+  assert result == stored
+  assert _files(workdir) == before  # no file added, removed or changed
+  assert {path: os.stat(os.path.join(workdir, path)).st_mtime_ns
+          for path in before} == stats
+  assert any(record.getMessage().startswith(
+      f"already finished at step 2: top1 {stored['top1']:.4f}")
+             for record in caplog.records)
+
+
+@pytest.mark.slow
 def test_evaluations_of_other_settings_go_beside_trainings_result(
     finished_run, tmp_path):
   workdir = tmp_path / 'run'
@@ -103,6 +125,35 @@ def test_evaluations_of_other_settings_go_beside_trainings_result(
   assert half['num_examples'] < trained['num_examples']
   assert raw['ema'] is False and raw['split'] == 'test'
   assert raw['num_examples'] == trained['num_examples']
+
+
+@pytest.mark.slow
+def test_a_stored_result_is_read_back_and_force_writes_a_new_file(
+    finished_run, tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  before = _files(workdir)
+  calls = []
+  evaluate_dataset = evaluation.evaluate_dataset
+  monkeypatch.setattr(evaluation, 'evaluate_dataset',
+                      lambda *a, **k: calls.append(1) or evaluate_dataset(
+                          *a, **k))
+  evaluator = evaluation.Evaluator(str(workdir))
+  stored = evaluator.evaluate(2)
+  assert calls == [] and _files(workdir) == before  # nothing evaluated
+  assert stored == json.loads(before[os.path.join('eval', 'step_2.json')])
+  again = evaluator.evaluate(2, force=True)
+  assert calls == [1]
+  after = _files(workdir)
+  new = os.path.join('eval', 'step_2.2.json')
+  assert sorted(set(after) - set(before)) == [new]  # nothing else rewritten
+  assert {k: after[k] for k in before} == before
+  assert json.loads(after[new]) == again
+  # The same weights and data: the same numbers as training's evaluation.
+  assert again['top1'] == stored['top1']
+  assert again['num_examples'] == stored['num_examples']
+  evaluator.evaluate(2, force=True)
+  assert os.path.join('eval', 'step_2.3.json') in _files(workdir)
 
 
 @pytest.mark.slow

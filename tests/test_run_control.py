@@ -30,6 +30,19 @@ def test_ctrl_c_requests_a_save_and_a_second_one_aborts():
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_after_the_save_says_it_is_saved():
+  preemption = train._Preemption()  # pylint: disable=protected-access
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    preemption.saved_step = 40  # what the loop sets once committed
+    with pytest.raises(KeyboardInterrupt) as e:
+      os.kill(os.getpid(), signal.SIGINT)
+  finally:
+    preemption.restore()
+  assert str(e.value) == ('SIGINT again: exiting; the checkpoint of step 40 '
+                          'is saved')
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_at_the_next_step_and_exits_0(data_dir, tmp_path):
   overrides = tiny_overrides(data_dir, num_train_steps=2000,

@@ -1,6 +1,7 @@
 """Sweeps: expansion, naming, commands, launching real tiny runs, summaries."""
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -24,8 +25,11 @@ from mobilenet_jax import hyper
 from mobilenet_jax import models
 from mobilenet_jax import pretrained
 from mobilenet_jax import sweep
+from mobilenet_jax import sweep_code
+from mobilenet_jax import sweep_pool
 from mobilenet_jax import sweep_runs
 from mobilenet_jax import sweep_summary
+from conftest import run_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(REPO, 'configs', 'sweeps')
@@ -169,9 +173,9 @@ def test_run_names_are_filesystem_safe_and_distinct():
 
 
 def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
-  """The README's TPU VM setup: the repository's .venv interpreter, the data
-  directory every worker reads, training detached on every worker with its
-  output on the worker's disk."""
+  """The shipped code's set-up on the worker, its .venv interpreter, the
+  data directory every worker reads, training detached on every worker
+  with its output on the worker's disk."""
   sweep_file = write_sweep_file(tmp_path / 'sweep.py', (
       'TPU = "my-tpu"\nZONE = "us-central2-b"\n\n'
       'def get_sweep(h):\n'
@@ -192,27 +196,35 @@ def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
            '--config.num_train_steps=10 '
            '--config.data.data_dir=gs://bucket/tensorflow_datasets '
            '--config.model.alpha=0.5')
+  code = sweep_code.pack(str(tmp_path / 'packed'))
+  code = dataclasses.replace(code, archive=(
+      f'gs://bucket/sweeps/v2/code/{code.code_hash}.tar.gz'))
+  setup, python = sweep_code.setup_command(code)
+  assert python == '.venv/bin/python'
   assert lines[0] == (
       "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
-      "--worker=all --command='cd ~/mobilenet_jax && { test -x "
-      ".venv/bin/python || { echo \"no .venv/bin/python in ~/mobilenet_jax: "
-      "set the TPU VM up as the README says\" >&2; exit 1; }; } && "
-      "mkdir -p ~/mobilenet_jax_logs/bucket/sweeps/v2/alpha_0.5 && "
-      "{ nohup setsid .venv/bin/python -m mobilenet_jax.sweep_runs worker "
-      "gs://bucket/sweeps/v2/alpha_0.5 '\"'\"'" + log + "'\"'\"' -- " + train +
-      " >> " + log + " 2>&1 < /dev/null & }'")
+      "--worker=all --command=" + shlex.quote(
+          "mkdir -p ~/mobilenet_jax_logs/bucket/sweeps/v2/alpha_0.5 && "
+          "{ nohup setsid bash -c " + shlex.quote(
+              setup + " && exec .venv/bin/python -m mobilenet_jax.sweep_pool "
+              "worker gs://bucket/sweeps/v2/alpha_0.5 --epoch=1 --vm=my-tpu "
+              "--group=0 --beat_seconds=150 -- " + train) +
+          " >> " + log + " 2>&1 < /dev/null & }"))
+  assert not (tmp_path / 'sweeps').exists()  # a dry run writes nothing
   # What the shell (and then the TPU VM's shell) would run.
   argv = shlex.split(lines[1])
   assert argv[:8] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu',
                       '--zone=us-central2-b', '--worker=all']
   assert argv[8].startswith('--command=')
   remote = argv[8][len('--command='):]
-  assert remote.startswith('cd ~/mobilenet_jax && ')
-  detached = shlex.split(remote.rsplit(' && ', 1)[1])
-  assert detached[:3] == ['{', 'nohup', 'setsid']
+  detached = shlex.split(remote.split(' && ', 1)[1])
+  assert detached[:5] == ['{', 'nohup', 'setsid', 'bash', '-c']
   assert detached[-7:] == ['>>', log.replace('alpha_0.5', 'alpha_1.0'), '2>&1',
                            '<', '/dev/null', '&', '}']
-  command = detached[detached.index('--') + 1:detached.index('>>')]
+  set_up, worker = detached[5].rsplit(' && exec ', 1)
+  assert set_up == setup  # the same shipped code for every run
+  worker = shlex.split(worker)
+  command = worker[worker.index('--') + 1:]
   assert command == [
       '.venv/bin/python', '-m', 'mobilenet_jax.main',
       '--config=configs/imagenet_mobilenet_v2.py:rho=0.857',
@@ -225,7 +237,7 @@ def test_tpu_vm_dry_run_prints_one_gcloud_command_per_run(tmp_path):
 def test_tpu_vm_commands_take_the_remote_python_and_need_a_data_dir(tmp_path):
   runs = hyper.sweep('model.alpha', [0.5])
   kwargs = dict(config=default.get_config(), config_arg='configs/default.py',
-                workdir='gs://b/s', launcher='tpu_vm', tpu='t', zone='z',
+                workdir='gs://b/s', launcher='tpu_vm', tpus=['t'], zone='z',
                 dry_run=True)
   with pytest.raises(ValueError, match='--data_dir'):
     sweep.run_sweep(runs, **kwargs)
@@ -237,13 +249,13 @@ def test_tpu_vm_commands_take_the_remote_python_and_need_a_data_dir(tmp_path):
   config = default.get_config()
   config.data.data_dir = 'gs://b/tfds'
   sweep.run_sweep(runs, **{**kwargs, 'config': config})
+  shipped = sweep.ship('gs://b/s', '/opt/venv/bin/python', dry_run=True)
   command = sweep.launch_command('tpu_vm', 'configs/default.py', 'gs://b/s/r',
                                  ['--config.data.data_dir=gs://b/tfds'],
-                                 tpu='t', zone='z',
-                                 remote_python='/opt/venv/bin/python')
+                                 tpu='t', zone='z', shipped=shipped)
   remote = command[-1][len('--command='):]
   assert 'test -x /opt/venv/bin/python' in remote
-  assert ('setsid /opt/venv/bin/python -m mobilenet_jax.sweep_runs worker '
+  assert ('exec /opt/venv/bin/python -m mobilenet_jax.sweep_pool worker '
           in remote)
   assert '-- /opt/venv/bin/python -m mobilenet_jax.main' in remote
 
@@ -252,10 +264,9 @@ def test_remote_command_returns_at_once_and_the_worker_records_the_end(
     tmp_path):
   """The tpu_vm command run by a local shell, as a worker would: it returns
   while training goes on; the worker's log is on its disk, copied into the
-  run directory at the end, and a failure is recorded in run.json."""
+  run directory at the end, and the exit status is in its heartbeat file."""
   home = tmp_path / 'home'
   home.mkdir()
-  os.symlink(REPO, home / 'mobilenet_jax')
   fake_python = tmp_path / 'python'  # training: a line, 4 s, an error
   fake_python.write_text(
       '#!/bin/sh\n'
@@ -264,81 +275,31 @@ def test_remote_command_returns_at_once_and_the_worker_records_the_end(
       f'exec {sys.executable} "$@"\n')
   fake_python.chmod(0o755)
   run_dir = tmp_path / 'sweep' / 'alpha_0.5'
-  run_dir.mkdir(parents=True)
-  (run_dir / sweep_runs.RUN_FILE).write_text(json.dumps(
-      dict(index=0, name='alpha_0.5', overrides={'model.alpha': 0.5},
-           status='running', error=None)))
-  remote = sweep.remote_command('configs/default.py', str(run_dir),
-                                ['--config.model.alpha=0.5'],
-                                remote_python=str(fake_python))
+  sweep_runs.write_json(run_dir / sweep_pool.LEASE_FILE, {'epoch': 1})
+  train = sweep.train_command(str(fake_python), 'configs/default.py',
+                              str(run_dir), ['--config.model.alpha=0.5'])
+  remote = sweep_pool.worker_command(sweep_pool.Remote('', str(fake_python)),
+                                     str(run_dir), 1, 'vm', None, 0, 0.5,
+                                     train)
   env = {**os.environ, 'HOME': str(home)}
+  start = time.time()
   shell = subprocess.run(['bash', '-c', remote], env=env, capture_output=True,
                          text=True, timeout=60)
   assert shell.returncode == 0, shell.stderr
+  assert time.time() - start < 4  # returned before training ended
   log = home / sweep_runs.worker_log_path(str(run_dir))[2:]
-  record = json.loads((run_dir / sweep_runs.RUN_FILE).read_text())
-  assert record['status'] == 'running'  # returned before training ended
+  beats = []
   for _ in range(120):
-    record = json.loads((run_dir / sweep_runs.RUN_FILE).read_text())
-    if record['status'] == 'failed':
+    beats = [json.loads(p.read_text()) for p in run_dir.glob('heartbeat.*')]
+    if beats and beats[0].get('returncode') is not None:
       break
     time.sleep(0.5)
-  assert record['status'] == 'failed', log.read_text()
-  assert (record['error'], record['returncode']) == ('RuntimeError: boom', 3)
+  assert beats and beats[0]['returncode'] == 3, log.read_text()
+  assert 'RuntimeError: boom' in beats[0]['tail']
   assert f'training --workdir={run_dir}' in log.read_text()
-  uploaded = list(run_dir.glob('log.*.txt'))
+  uploaded = list(run_dir.glob('log.vm.*.txt'))
   assert len(uploaded) == 1
   assert 'RuntimeError: boom' in uploaded[0].read_text()
-  assert 'RuntimeError: boom' in (run_dir / sweep_runs.ERROR_FILE).read_text()
-  state = sweep_runs.run_state(run_dir)
-  assert (state.status, state.error) == ('failed', 'RuntimeError: boom')
-
-
-def test_tpu_vm_sweep_waits_for_each_detached_run(tmp_path, monkeypatch,
-                                                  capsys):
-  """run_sweep with launcher tpu_vm against a fake gcloud that runs the
-  remote command in a local shell: each run starts detached, the sweep
-  watches its directory until it finished or a worker recorded its failure,
-  then launches the next."""
-  home = tmp_path / 'home'
-  home.mkdir()
-  os.symlink(REPO, home / 'mobilenet_jax')
-  bin_dir = tmp_path / 'bin'
-  bin_dir.mkdir()
-  (bin_dir / 'gcloud').write_text(
-      '#!/bin/bash\nfor a; do case $a in --command=*) c="${a#--command=}";; '
-      'esac; done\nexec bash -c "$c"\n')
-  fake_python = bin_dir / 'python'  # alpha 0.5 finishes, alpha 1.0 fails
-  fake_python.write_text(
-      '#!/bin/bash\n'
-      'if [ "$2" = mobilenet_jax.main ]; then w="${4#--workdir=}"; sleep 1\n'
-      '  if [[ $w == *alpha_0.5 ]]; then mkdir -p $w/eval; '
-      'echo \'{"num_train_steps": 2}\' > $w/config.json; '
-      'echo \'{"top1": 0.5, "top5": 1.0}\' > $w/eval/step_2.json; exit 0; fi\n'
-      '  echo "ValueError: bad"; exit 2; fi\n'
-      f'exec {sys.executable} "$@"\n')
-  for script in bin_dir.iterdir():
-    script.chmod(0o755)
-  monkeypatch.setenv('PATH', f'{bin_dir}:{os.environ["PATH"]}')
-  monkeypatch.setenv('HOME', str(home))
-  monkeypatch.setattr(sweep, '_check_launcher', lambda *args: None)  # gs://
-  workdir = tmp_path / 'sweep'
-  statuses = sweep.run_sweep(
-      hyper.sweep('model.alpha', [0.5, 1.0]), config=default.get_config(),
-      config_arg='configs/default.py', workdir=str(workdir),
-      launcher='tpu_vm', tpu='t', zone='z', data_dir='gs://b/tfds',
-      remote_python=str(fake_python), poll_seconds=0.2)
-  assert statuses == {'alpha_0.5': 'finished', 'alpha_1.0': 'failed'}
-  out = capsys.readouterr().out
-  assert ('detached on every worker; its output there: '
-          '~/mobilenet_jax_logs/') in out
-  assert '[2/2] alpha_1.0: failed after' in out
-  assert 'ValueError: bad' in out
-  failed = json.loads((workdir / 'alpha_1.0' / sweep_runs.RUN_FILE).read_text())
-  assert (failed['status'], failed['error'], failed['returncode']) == (
-      'failed', 'ValueError: bad', 2)
-  assert [s.status for s in sweep.print_status(str(workdir))] == [
-      'finished', 'failed']
 
 
 def test_a_worker_does_not_start_a_run_it_trains_already(tmp_path):
@@ -347,19 +308,25 @@ def test_a_worker_does_not_start_a_run_it_trains_already(tmp_path):
                           '--config=c.py', '--workdir=gs://b/s/r']),
                     (12, ['python', '-m', 'mobilenet_jax.main',
                           '--workdir=gs://b/s/r2']),
-                    (13, ['vim', '--workdir=gs://b/s/r'])]:
+                    (13, ['vim', '--workdir=gs://b/s/r']),
+                    (14, ['python', '-m', 'mobilenet_jax.sweep_pool',
+                          'worker', 'gs://b/s/r', '--epoch=2', '--', 'x']),
+                    (15, ['python', '-m', 'mobilenet_jax.sweep_pool',
+                          'worker', 'gs://b/s/r2', '--epoch=1'])]:
     (proc / str(pid)).mkdir(parents=True)
     (proc / str(pid) / 'cmdline').write_bytes('\0'.join(argv).encode() + b'\0')
   (proc / 'self').mkdir()
-  assert sweep_runs.training_pids('gs://b/s/r', proc=str(proc)) == [11]
-  assert sweep_runs.training_pids('gs://b/s/r3', proc=str(proc)) == []
+  assert sweep_pool.training_pids('gs://b/s/r', proc=str(proc)) == [11]
+  assert sweep_pool.training_pids('gs://b/s/r3', proc=str(proc)) == []
+  # What `sweep_pool stop` kills: the run's trainings and workers.
+  assert sweep_pool.run_pids('gs://b/s/r', proc=str(proc)) == [11, 14]
 
 
 def test_format_command_quotes_for_the_shell():
   command = sweep.launch_command(
       'tpu_vm', 'configs/tpu.py:recipe=imagenet_mobilenet_v2,alpha=0.75',
       'gs://b/d/name_it\'s', ['--config.data.data_dir=gs://b/tfds dir'],
-      tpu='t', zone='z')
+      tpu='t', zone='z', shipped=sweep.ship('gs://b/d', dry_run=True))
   assert shlex.split(sweep.format_command(command)) == command
   local = sweep.launch_command('local', 'configs/default.py', 'runs/x/a b',
                                ['--config.seed=1'])
@@ -368,8 +335,12 @@ def test_format_command_quotes_for_the_shell():
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(launcher='tpu_vm', workdir='runs/x', tpu='t', zone='z'), 'gs://'),
-    (dict(launcher='tpu_vm', workdir='gs://b/x', tpu=None, zone='z'), '--tpu'),
+    (dict(launcher='tpu_vm', workdir='runs/x', tpus=['t'], zone='z'),
+     'gs://'),
+    (dict(launcher='tpu_vm', workdir='gs://b/x', tpus=None, zone='z'),
+     '--tpu'),
+    (dict(launcher='tpu_vm', workdir='gs://b/x', tpus=['t'], zone='z',
+          chips_per_run=0), 'chips_per_run'),
     (dict(launcher='ssh', workdir='runs/x'), 'launcher'),
     (dict(launcher='local', workdir='runs/x',
           config_overrides=['--config.model.alpha=0.3']), 'model.alpha'),
@@ -430,6 +401,29 @@ def test_summarize_a_partly_finished_sweep(tmp_path, data_dir):
   assert [r['top1'] for r in table] == ['', '']
   assert [r['model.alpha'] for r in table] == ['0.25', '0.5']
   assert (tmp_path / 'tradeoff.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The plots' title: the sweep, its dataset and steps so far.
+  assert sweep_summary.plot_title('v1_width', rows) == (
+      'v1_width: shapes/tiny, 4 steps')
+  assert sweep_summary.written_files(rows) == [
+      'results.csv', 'results.md', 'tradeoff.png']
+
+
+def test_log_axis_ticks_are_plain_numbers():
+  assert [sweep_summary._plain(x) for x in (1.0, 200.0, 0.5, 2e4)] == [
+      '1', '200', '0.5', '20000']
+  # Minor ticks: 2 and 5 times a power of ten labelled, the rest blank.
+  assert [sweep_summary._plain_2_and_5(x) for x in (
+      20.0, 30.0, 50.0, 0.2, 0.7, 5e6)] == ['20', '', '50', '0.2', '', '5e+06']
+
+
+@pytest.mark.slow
+def test_summarize_command_says_where_it_wrote(tmp_path, data_dir):
+  fabricate_run(tmp_path, 'alpha_0.25', 0, {'model.alpha': 0.25}, 'running',
+                data_dir, metrics=[(1, 10.0)], steps=100)
+  result = run_module('mobilenet_jax.sweep', 'summarize', str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1] == (
+      f'wrote results.csv, results.md, tradeoff.png in {tmp_path}')
 
 
 def test_status_reports_every_run_from_the_directory_alone(tmp_path, data_dir,

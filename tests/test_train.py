@@ -223,7 +223,7 @@ def test_batch_not_divisible_by_devices_is_an_error(data_dir, tmp_path):
          'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
   result = subprocess.run(main_command(overrides, tmp_path / 'w'), cwd=REPO,
                           env=env, capture_output=True, text=True)
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert 'batch_size must be a positive multiple of the device count (8)' in (
       result.stderr)
   assert not (tmp_path / 'w' / 'checkpoints').exists()

@@ -75,14 +75,22 @@ def test_converted_models_count_as_imagenet(tmp_path):
   assert pretrained.plan_transfer(source, _abstract(), 'shapes') == HEAD
 
 
-def test_transfer_takes_the_fresh_classifier_only_where_named():
+def test_transfer_takes_the_fresh_classifier_only_where_named(caplog):
   old, new = _variables(), jax.tree.map(lambda x: x + 1, _variables())
-  merged = train._transfer(old, new, HEAD)  # pylint: disable=protected-access
+  with caplog.at_level('INFO'):
+    merged = train._transfer(old, new, HEAD)  # pylint: disable=protected-access
+  assert not any('every variable loaded' in r.getMessage()
+                 for r in caplog.records)
   np.testing.assert_array_equal(merged['params']['classifier']['kernel'],
                                 new['params']['classifier']['kernel'])
   np.testing.assert_array_equal(merged['params']['stem']['conv']['kernel'],
                                 old['params']['stem']['conv']['kernel'])
-  kept = train._transfer(old, new)  # pylint: disable=protected-access
+  with caplog.at_level('INFO'):
+    kept = train._transfer(old, new)  # pylint: disable=protected-access
+  # A kept classifier is said too, not only a new one.
+  assert any(r.getMessage().startswith('init_from: every variable loaded, the '
+                                       'classifier included')
+             for r in caplog.records)
   np.testing.assert_array_equal(kept['params']['classifier']['kernel'],
                                 old['params']['classifier']['kernel'])
 
