@@ -193,18 +193,24 @@ def test_train_order_ignores_tensorflow_global_seed(files, request):
     tf.random.set_seed(None)
 
 
+def assert_resumes(config, fresh, start_steps, **kwargs):
+  """A train iterator started at each of `start_steps` yields `fresh`'s
+  batches from there on (3 compared)."""
+  for start_step in start_steps:
+    resumed = take(data.create_train_iterator(
+        config, start_step=start_step, **kwargs), 3)
+    for a, b in zip(fresh[start_step:], resumed):
+      np.testing.assert_array_equal(a['image'], b['image'])
+      np.testing.assert_array_equal(a['label'], b['label'])
+
+
 def test_train_resumes_exactly_across_epoch_boundaries(data_dir):
   config = make_config(data_dir)
   kwargs = dict(global_batch_size=6, resolution=24, seed=3)
   fresh = take(data.create_train_iterator(config, **kwargs), 72)
   # 200 examples in batches of 6: batch 33 holds examples 198..203, i.e. the
   # end of epoch 0 and the start of epoch 1; batch 68 starts in epoch 2.
-  for start_step in (33, 68):
-    resumed = take(data.create_train_iterator(
-        config, start_step=start_step, **kwargs), 4)
-    for a, b in zip(fresh[start_step:], resumed):
-      np.testing.assert_array_equal(a['image'], b['image'])
-      np.testing.assert_array_equal(a['label'], b['label'])
+  assert_resumes(config, fresh, (33, 68), **kwargs)
 
 
 def test_train_file_order_is_reshuffled_every_epoch_and_resumes(
@@ -220,12 +226,7 @@ def test_train_file_order_is_reshuffled_every_epoch_and_resumes(
   assert all(sorted(keys) == sorted(epochs[0]) for keys in epochs)
   assert len(set(epochs[0])) == 200
   assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
-  for start_step in (25, 52):
-    resumed = take(data.create_train_iterator(
-        config, start_step=start_step, **kwargs), 3)
-    for a, b in zip(fresh[start_step:], resumed):
-      np.testing.assert_array_equal(a['image'], b['image'])
-      np.testing.assert_array_equal(a['label'], b['label'])
+  assert_resumes(config, fresh, (25, 52), **kwargs)
 
 
 def test_train_processes_read_disjoint_slices_covering_the_split(data_dir):
