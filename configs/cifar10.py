@@ -5,7 +5,8 @@ cosine schedule, label smoothing 0.1.
   python -m mobilenet_jax.main --config=configs/cifar10.py --workdir=runs/c10
 """
 
-from configs import default
+from mobilenet_jax import config_files
+default = config_files.sibling(__file__, 'default')
 
 
 def get_config():

@@ -69,7 +69,7 @@ def get_config():
   # Random horizontal flips in training; off where mirroring changes the
   # class (digits, text).
   config.data.random_flip = True
-  # Antialiased resizing: about 80% more host CPU per ImageNet JPEG; the
+  # Antialiased resizing: 60-90% more host CPU per JPEG; the
   # authors' pipelines resize without it.
   config.data.antialias = False
   config.data.mean = (0.485, 0.456, 0.406)  # RGB mean in [0, 1] (ImageNet's)

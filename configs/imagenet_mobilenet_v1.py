@@ -6,8 +6,9 @@ little weight decay and less augmentation, section 4).
 Arguments: `:alpha=0.5,rho=0.714,epochs=350` (the paper's table 6/7 grid).
 """
 
-from configs import config_args
-from configs import imagenet_mobilenet_v2
+from mobilenet_jax import config_files
+config_args = config_files.sibling(__file__, 'config_args')
+imagenet_mobilenet_v2 = config_files.sibling(__file__, 'imagenet_mobilenet_v2')
 
 
 def get_config(arg=None):

@@ -21,8 +21,9 @@ The recipe is hardware-neutral: float32 and `model.ops = 'auto'` from
 Arguments: `:alpha=0.75,rho=0.857,t=4,epochs=350`.
 """
 
-from configs import config_args
-from configs import default
+from mobilenet_jax import config_files
+config_args = config_files.sibling(__file__, 'config_args')
+default = config_files.sibling(__file__, 'default')
 
 
 def get_config(arg=None):

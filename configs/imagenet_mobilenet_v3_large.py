@@ -7,8 +7,9 @@ reaches 75.8%).
 Arguments: `:alpha=0.75,rho=1.0,epochs=350,minimal=false`.
 """
 
-from configs import config_args
-from configs import imagenet_mobilenet_v2
+from mobilenet_jax import config_files
+config_args = config_files.sibling(__file__, 'config_args')
+imagenet_mobilenet_v2 = config_files.sibling(__file__, 'imagenet_mobilenet_v2')
 
 
 def get_config(arg=None, family='large'):

@@ -4,7 +4,9 @@
 Arguments: `:alpha=0.75,rho=1.0,epochs=350,minimal=false`.
 """
 
-from configs import imagenet_mobilenet_v3_large
+from mobilenet_jax import config_files
+imagenet_mobilenet_v3_large = config_files.sibling(
+    __file__, 'imagenet_mobilenet_v3_large')
 
 
 def get_config(arg=None):

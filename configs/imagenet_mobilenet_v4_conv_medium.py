@@ -16,8 +16,9 @@ so an override of the batch size scales both (`optim.resolve_schedule`).
 Arguments: `:alpha=0.75,rho=1.0,t=0,epochs=500,batch_size=4096`.
 """
 
-from configs import config_args
-from configs import imagenet_mobilenet_v2
+from mobilenet_jax import config_files
+config_args = config_files.sibling(__file__, 'config_args')
+imagenet_mobilenet_v2 = config_files.sibling(__file__, 'imagenet_mobilenet_v2')
 
 
 def get_config(arg=None, size='conv_medium', resolution=256, epochs=500.0,

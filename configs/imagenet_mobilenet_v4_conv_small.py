@@ -12,7 +12,9 @@ the extra L2 loss of 1e-5 on top of AdamW's decay, BatchNorm epsilon 1e-6
 Arguments: `:alpha=0.75,rho=1.0,t=0,epochs=9600,batch_size=4096`.
 """
 
-from configs import imagenet_mobilenet_v4_conv_medium
+from mobilenet_jax import config_files
+imagenet_mobilenet_v4_conv_medium = config_files.sibling(
+    __file__, 'imagenet_mobilenet_v4_conv_medium')
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ hardware decides: bfloat16 compute (`model.ops` stays 'auto', which is the
 `recipe=` comes first; the remaining arguments go to the recipe.
 """
 
-import importlib
+from mobilenet_jax import config_files
 
 
 def get_config(arg='recipe=imagenet_mobilenet_v2'):
@@ -17,6 +17,6 @@ def get_config(arg='recipe=imagenet_mobilenet_v2'):
   if key != 'recipe' or not name:
     raise ValueError('configs/tpu.py needs recipe=<config module> first, e.g. '
                      'recipe=imagenet_mobilenet_v2')
-  config = importlib.import_module(f'configs.{name}').get_config(rest or None)
+  config = config_files.sibling(__file__, name).get_config(rest or None)
   config.model.dtype = 'bfloat16'
   return config

@@ -75,6 +75,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from configs import imagenet_mobilenet_v2
 from mobilenet_jax import bench
 from mobilenet_jax import data
 from mobilenet_jax import models
@@ -181,7 +182,8 @@ def _jax_put(images: np.ndarray, labels: np.ndarray) -> dict:
 
 def _float_images(images: np.ndarray) -> np.ndarray:
   """The peers' input: the uint8 images normalised on the host, float32."""
-  return data.normalise(images, bench.MEAN, bench.STD)
+  recipe = imagenet_mobilenet_v2.get_config()
+  return data.normalise(images, recipe.data.mean, recipe.data.std)
 
 
 def _float_jax_put(images: np.ndarray, labels: np.ndarray) -> dict:
@@ -209,7 +211,8 @@ def _ours(mode: str, alpha: float, resolution: int, ops: str,
                               alpha=alpha, ops=ops)
   # pylint: disable-next=protected-access
   make_step = bench._train_step_fn if mode == 'train' else bench._infer_step_fn
-  step, carry = make_step(model, resolution, jax.random.PRNGKey(seed))
+  step, carry = make_step(model, resolution, jax.random.PRNGKey(seed),
+                          imagenet_mobilenet_v2.get_config())
   return _jax_runner('ours', mode, step, carry, batch)
 
 

@@ -4,7 +4,7 @@ of the training input pipeline alone, or latency of an exported model.
   python -m mobilenet_jax.bench --model=mobilenet_v2 [--alpha=1.0] \
       [--resolution=224] [--batch_size=32] [--dtype=float32|bfloat16] \
       [--mode=train|infer] [--ops=auto] [--steps=10] [--warmup=2] \
-      [--trace_dir=DIR] [--json]
+      [--trace_dir=DIR] [--config=CONFIG_FILE] [--json]
   python -m mobilenet_jax.bench --data [--dataset=shapes] [--data_dir=...] \
       [--resolution=224] [--batch_size=32] [--steps=10] [--warmup=2] [--json]
   python -m mobilenet_jax.bench --tflite=PATH [--threads=1] [--steps=30] \
@@ -40,9 +40,11 @@ default is 30 timed steps.
 their time per layer kind and pass (`mobilenet_jax.step_profile`).
 
 Train mode times `train.train_step` (forward, backward, optimizer update,
-BatchNorm statistics and EMA) with the optimizer of the ImageNet recipes
-(`configs/imagenet_mobilenet_v2.py`: TF RMSProp, EMA 0.9999); infer mode
-times `model.apply(..., train=False)`.
+BatchNorm statistics and EMA) with the optimizer of `--config` (a config
+file; default the ImageNet recipe `configs/imagenet_mobilenet_v2.py`: TF
+RMSProp, EMA 0.9999); infer mode times `model.apply(..., train=False)`.
+Both normalise with the config's data mean and std, and `--data` reads with
+its data settings.
 """
 
 if __name__ == '__main__':
@@ -64,11 +66,13 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
-from configs import imagenet_mobilenet_v2
 from mobilenet_jax import cli
 from mobilenet_jax import config_check
+from mobilenet_jax import config_files
 from mobilenet_jax import data
 from mobilenet_jax import host_memory
 from mobilenet_jax import litert
@@ -83,9 +87,6 @@ from mobilenet_jax import xla_options
 MODES = ('train', 'infer')
 DTYPES = ('float32', 'bfloat16')
 NUM_CLASSES = 1000
-# The ImageNet recipes' normalisation, applied inside the timed steps.
-_DATA = imagenet_mobilenet_v2.get_config().data
-MEAN, STD = tuple(_DATA.mean), tuple(_DATA.std)
 
 
 def peak_memory_mb() -> tuple[float, str]:
@@ -133,15 +134,16 @@ def _init_variables(model, resolution: int, rng):
       lambda rng: state_lib.init_variables(model, rng, resolution))(rng)
 
 
-def _train_step_fn(model, resolution: int, rng):
-  """(jitted step(state, batch) -> (state, metrics), initial state)."""
-  recipe = imagenet_mobilenet_v2.get_config()
-  optim_config = recipe.optim
+def _train_step_fn(model, resolution: int, rng,
+                   config: ml_collections.ConfigDict):
+  """(jitted step(state, batch) -> (state, metrics), initial state) with
+  `config`'s optimizer and normalisation."""
+  optim_config = config.optim
   use_ema = optim_config.ema_decay > 0
   variables = _init_variables(model, resolution, rng)
   tx, schedule = optim.create_optimizer(
       optim_config, num_train_steps=10**6, params=variables['params'],
-      steps_per_epoch=1000, batch_size=recipe.batch_size)
+      steps_per_epoch=1000, batch_size=config.batch_size)
   # Built under jit, so that the EMA copies are buffers of their own: the
   # step donates the state.
   state = jax.jit(lambda v: state_lib.create_train_state(
@@ -149,31 +151,35 @@ def _train_step_fn(model, resolution: int, rng):
   step = functools.partial(
       train.train_step, model=model, tx=tx, schedule=schedule,
       num_classes=NUM_CLASSES, label_smoothing=optim_config.label_smoothing,
-      ema_decay=optim_config.ema_decay, frozen_backbone=False, mean=MEAN,
-      std=STD)
+      ema_decay=optim_config.ema_decay, frozen_backbone=False,
+      mean=tuple(config.data.mean), std=tuple(config.data.std))
   return jax.jit(step, donate_argnums=0,
                  compiler_options=xla_options.step_compiler_options()), state
 
 
-def _infer_step_fn(model, resolution: int, rng):
-  """(jitted step(variables, batch) -> (variables, logits), variables)."""
+def _infer_step_fn(model, resolution: int, rng,
+                   config: ml_collections.ConfigDict):
+  """(jitted step(variables, batch) -> (variables, logits), variables) with
+  `config`'s normalisation."""
   variables = _init_variables(model, resolution, rng)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
 
   def step(variables, batch):
-    images = data.normalise(batch['image'], MEAN, STD, model.dtype)
+    images = data.normalise(batch['image'], mean, std, model.dtype)
     return variables, model.apply(variables, images, train=False)
 
   return jax.jit(
       step, compiler_options=xla_options.step_compiler_options()), variables
 
 
-def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
+def benchmark_model(name: str, *, config: ml_collections.ConfigDict,
+                    alpha: float = 1.0, resolution: int = 224,
                     batch_size: int = 32, dtype: str = 'float32',
                     mode: str = 'train', ops: str = 'auto',
                     steps: int = 10, warmup: int = 2, seed: int = 0,
                     trace_dir: str | None = None) -> dict:
-  """Times `steps` train or inference steps of one model; returns the
-  settings and `summarize`'s figures plus `compile_s` and `peak_mem_mb`.
+  """Times `steps` train or inference steps of one model (the optimizer and
+  normalisation of `config`, a training config); returns the settings and `summarize`'s figures plus `compile_s` and `peak_mem_mb`.
 
   With `trace_dir`, the timed steps run under `jax.profiler` (a trace for
   TensorBoard or Perfetto there) and the result gains `layer_ms`: their time
@@ -186,7 +192,7 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
                               dtype=dtype, ops=ops)
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(seed))
   make_step = _train_step_fn if mode == 'train' else _infer_step_fn
-  step, carry = make_step(model, resolution, init_rng)
+  step, carry = make_step(model, resolution, init_rng, config)
 
   @jax.jit
   def random_batch(key):
@@ -240,14 +246,17 @@ def benchmark_model(name: str, *, alpha: float = 1.0, resolution: int = 224,
   }
 
 
-def benchmark_data(dataset: str = 'shapes', *, data_dir: str | None = None,
+def benchmark_data(dataset: str = 'shapes', *,
+                   config: ml_collections.ConfigDict,
+                   data_dir: str | None = None,
                    split: str = 'train', resolution: int = 224,
                    batch_size: int = 32, steps: int = 10, warmup: int = 2,
                    seed: int = 0, antialias: bool = False) -> dict:
   """Times `steps` batches of the training input pipeline (after `warmup`
-  more and the first one, which builds it), resizing with `antialias`."""
+  more and the first one, which builds it) with `config`'s data settings
+  on `dataset`, resizing with `antialias`."""
   _check_counts(steps, warmup, batch_size)
-  data_config = imagenet_mobilenet_v2.get_config().data
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.dataset = dataset
   data_config.data_dir = data_dir
   data_config.train_split = split
@@ -373,6 +382,10 @@ def define_flags() -> None:
       'trace_dir', None, 'Trace the timed steps with jax.profiler into this '
       'directory and report their time per layer kind and pass.')
   flags.DEFINE_bool('json', False, 'Print only one JSON object on stdout.')
+  config_flags.DEFINE_config_file(
+      'config', config_files.repo_path('imagenet_mobilenet_v2'),
+      'With --model or --data: the training config file whose optimizer, '
+      'normalisation and data settings the steps use.')
 
 
 def main(argv):
@@ -392,13 +405,14 @@ def main(argv):
           FLAGS.dataset, data_dir=FLAGS.data_dir, split=FLAGS.split,
           resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
           steps=FLAGS.steps or 10, warmup=FLAGS.warmup, seed=FLAGS.seed,
-          antialias=FLAGS.antialias)
+          antialias=FLAGS.antialias, config=FLAGS.config)
     else:
       result = benchmark_model(
           FLAGS.model, alpha=FLAGS.alpha, resolution=FLAGS.resolution,
           batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, mode=FLAGS.mode,
           ops=FLAGS.ops, steps=FLAGS.steps or 10,
-          warmup=FLAGS.warmup, seed=FLAGS.seed, trace_dir=FLAGS.trace_dir)
+          warmup=FLAGS.warmup, seed=FLAGS.seed, trace_dir=FLAGS.trace_dir,
+          config=FLAGS.config)
   if FLAGS.json:
     json.dump(result, sys.stdout)
     sys.stdout.write('\n')

@@ -39,6 +39,10 @@ OPTIM_FIELDS = ('name', 'learning_rate', 'base_batch_size', 'schedule',
                 'ema_decay', 'momentum', 'nesterov', 'decay_rate',
                 'decay_epochs', 'rmsprop_decay', 'rmsprop_epsilon', 'adam_b1',
                 'adam_b2', 'adam_epsilon', 'grad_clip_norm')
+# Fields that configs saved by earlier versions (config.json of an old
+# workdir) lack; absent reads as None: an absolute learning rate, the
+# warm-up in steps.
+OPTIM_FIELDS_ADDED_LATER = ('base_batch_size', 'warmup_epochs')
 
 
 def one_of(field: str, value, allowed) -> None:
@@ -82,7 +86,7 @@ def check_alpha_expansion(name: str, alpha, expansion) -> None:
 def check_optim_config(c) -> None:
   """Raises ConfigError naming the first missing or invalid `optim` field."""
   for field in OPTIM_FIELDS:
-    if field not in c:
+    if field not in c and field not in OPTIM_FIELDS_ADDED_LATER:
       raise ConfigError(
           f'optim.{field} is not set (configs/default.py lists '
           'every optim field)')
@@ -92,22 +96,24 @@ def check_optim_config(c) -> None:
     if not getattr(c, field) >= 0:
       raise ConfigError(
           f'optim.{field} must be >= 0, got {getattr(c, field)!r}')
-  if c.base_batch_size is not None and not (is_int(c.base_batch_size)
-                                            and c.base_batch_size > 0):
+  base_batch_size = c.get('base_batch_size')
+  if base_batch_size is not None and not (is_int(base_batch_size)
+                                          and base_batch_size > 0):
     raise ConfigError(f'optim.base_batch_size must be an int > 0 or None, got '
-                      f'{c.base_batch_size!r}')
+                      f'{base_batch_size!r}')
   if c.warmup_steps is not None and not (is_int(c.warmup_steps)
                                          and c.warmup_steps >= 0):
     raise ConfigError(f'optim.warmup_steps must be an int >= 0 or None, got '
                       f'{c.warmup_steps!r}')
-  if c.warmup_epochs is not None and not (_is_number(c.warmup_epochs)
-                                          and c.warmup_epochs >= 0):
+  warmup_epochs = c.get('warmup_epochs')
+  if warmup_epochs is not None and not (_is_number(warmup_epochs)
+                                        and warmup_epochs >= 0):
     raise ConfigError(f'optim.warmup_epochs must be >= 0 or None, got '
-                      f'{c.warmup_epochs!r}')
-  if (c.warmup_steps is None) == (c.warmup_epochs is None):
+                      f'{warmup_epochs!r}')
+  if (c.warmup_steps is None) == (warmup_epochs is None):
     raise ConfigError(
         'set exactly one of optim.warmup_steps and optim.warmup_epochs, got '
-        f'{c.warmup_steps!r} and {c.warmup_epochs!r} (a recipe that gives '
+        f'{c.warmup_steps!r} and {warmup_epochs!r} (a recipe that gives '
         'the warm-up in epochs takes --config.optim.warmup_epochs)')
   for field in ('label_smoothing', 'ema_decay', 'momentum', 'rmsprop_decay',
                 'adam_b1', 'adam_b2'):

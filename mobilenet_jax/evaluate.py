@@ -45,6 +45,7 @@ from ml_collections import config_flags
 
 from mobilenet_jax import cli
 from mobilenet_jax import config_check
+from mobilenet_jax import config_files
 from mobilenet_jax import evaluation
 from mobilenet_jax import litert
 
@@ -63,6 +64,10 @@ flags.DEFINE_enum('use_ema', None, ['true', 'false'], 'Evaluate the EMA '
                   'weights (default: when the run kept them).')
 flags.DEFINE_string('dataset', None, 'Override data.dataset.')
 flags.DEFINE_string('split', None, 'Override data.eval_split.')
+config_flags.DEFINE_config_file(
+    'converted_config', config_files.repo_path('default'), 'With --tflite '
+    'of a converted model: the config file whose data settings and batch '
+    'size evaluate it.')
 flags.DEFINE_bool('force', False, 'Evaluate a step again although its result '
                   'is stored (into a new file step_<N>[.<variant>].<k>.json).')
 
@@ -106,8 +111,9 @@ def main(argv):
   if sum([FLAGS.step is not None, FLAGS.all, FLAGS.watch]) > 1:
     raise config_check.ConfigError('--step, --all and --watch are exclusive')
   if FLAGS.tflite:
-    print(json.dumps(litert.evaluate(FLAGS.tflite, FLAGS.dataset,
-                                     FLAGS.split)))
+    print(json.dumps(litert.evaluate(
+        FLAGS.tflite, FLAGS.dataset, FLAGS.split,
+        converted_config=FLAGS.converted_config)))
     return
   use_ema = None if FLAGS.use_ema is None else FLAGS.use_ema == 'true'
   evaluator = evaluation.Evaluator(FLAGS.workdir, use_ema, FLAGS.dataset,

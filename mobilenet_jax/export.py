@@ -46,6 +46,7 @@ import jax
 from jax.experimental import jax2tf
 from jax.extend import core as jax_core
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 from etils import epath
@@ -53,6 +54,7 @@ from etils import epath
 from mobilenet_jax import checkpoint
 from mobilenet_jax import cli
 from mobilenet_jax import config_check
+from mobilenet_jax import config_files
 from mobilenet_jax import data
 from mobilenet_jax import evaluation
 from mobilenet_jax import litert
@@ -305,13 +307,18 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
                   float_io: bool = False,
                   calibration_examples: int = 200,
                   calibration_dataset: str | None = None,
-                  data_dir: str | None = None) -> dict:
+                  data_dir: str | None = None,
+                  converted_config: ml_collections.ConfigDict | None = None
+                  ) -> dict:
   """Exports `source` (a training workdir or a converted model) to
   `output` (.tflite) and its metadata to `litert.metadata_path(output)`;
   returns the metadata (see the module docstring).
 
-  Every argument is checked before anything is converted; a bad one is a
-  one-line ConfigError naming it, and nothing is written.
+  A converted model calibrates on `calibration_dataset` with the data
+  settings of `converted_config` (a training config, e.g.
+  configs/default.py's). Every argument is checked before anything is
+  converted; a bad one is a one-line ConfigError naming it, and nothing is
+  written.
   """
   _check_quantize(quantize)
   if not output.endswith('.tflite'):
@@ -336,8 +343,12 @@ def export_tflite(source: str, output: str, *, step: int | None = None,
   loaded = load_source(source, step, use_ema)
   data_config = loaded.data_config
   if calibration_dataset:
-    data_config = litert.dataset_config(calibration_dataset, loaded.mean,
-                                        loaded.std, data_dir, data_config)
+    if data_config is None and converted_config is None:
+      raise ValueError('converted_config: a converted model calibrates with '
+                       'a training config\'s data settings')
+    data_config = litert.dataset_config(
+        calibration_dataset, loaded.mean, loaded.std, data_dir,
+        data_config or converted_config.data)
   elif quantize == 'int8' and data_config is None:
     raise config_check.ConfigError(
         f'calibration_dataset: {source!r} is a converted model, '
@@ -391,7 +402,8 @@ def main(argv):
       f.source, f.output, step=f.step, use_ema=f.use_ema,
       resolution=f.resolution, quantize=f.quantize, float_io=f.float_io,
       calibration_examples=f.calibration_examples,
-      calibration_dataset=f.calibration_dataset)
+      calibration_dataset=f.calibration_dataset,
+      converted_config=f.converted_config)
   print(summary_line(f.output, meta))
 
 
@@ -417,4 +429,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('output', None, 'The .tflite file to write (its folder '
                       'must exist); the metadata goes beside it as .json.',
                       required=True)
+  config_flags.DEFINE_config_file(
+      'converted_config', config_files.repo_path('default'), 'With a '
+      'converted model and --calibration_dataset: the config file whose data '
+      'settings calibrate it.')
   cli.run(main)

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from configs import default as default_config
 from mobilenet_jax import checkpoint
 from mobilenet_jax import config_check
 from mobilenet_jax import data
@@ -94,15 +93,15 @@ def result_path(workdir: str, step: int, quantization: str,
   return checkpoint.eval_result_path(workdir, step).parent / name
 
 
-def dataset_config(dataset: str, mean, std, data_dir: str | None = None,
-                   base: ml_collections.ConfigDict | None = None
+def dataset_config(dataset: str, mean, std, data_dir: str | None,
+                   base: ml_collections.ConfigDict
                    ) -> ml_collections.ConfigDict:
-  """`base` (a run's `config.data`; default: configs/default.py's) on
+  """`base` (a run's `config.data`, or a config file's for a converted
+  model) on
   `dataset` (a tfds name or folder:DIR, from `data_dir`) normalised with
   `mean` and `std`: the data of an export whose source has none of its own
   (a converted model) or another dataset than its run's."""
-  config = ml_collections.ConfigDict(
-      (base or default_config.get_config().data).to_dict())
+  config = ml_collections.ConfigDict(base.to_dict())
   config.dataset = dataset
   if data_dir is not None:
     config.data_dir = data_dir
@@ -120,14 +119,17 @@ def converted_result_path(tflite_path: str, dataset: str,
 
 
 def evaluate(tflite_path: str, dataset: str | None = None,
-             split: str | None = None, data_dir: str | None = None) -> dict:
+             split: str | None = None, data_dir: str | None = None,
+             converted_config: ml_collections.ConfigDict | None = None
+             ) -> dict:
   """Top-1 and top-5 of an export on its run's eval split (or `dataset` /
   `split`) through the run's eval preprocessing at the export's resolution.
 
   Writes and returns {"top1", "top5", "num_examples", "step", "tflite",
   "quantization", "resolution", "ema", "checkpoint"} at `result_path`.
   An export of a converted model has no run and no data: it needs `dataset`
-  (configs/default.py's preprocessing and splits, the export's
+  and `converted_config` (a training config, e.g. configs/default.py's:
+  its preprocessing, splits and batch size, with the export's
   normalisation; `data_dir` for tfds) and its result, with "dataset" and
   "split" added, goes to `converted_result_path`.
   """
@@ -144,9 +146,12 @@ def evaluate(tflite_path: str, dataset: str | None = None,
           f'dataset: {tflite_path!r} was exported from a '
           'converted model, which has no data of its own; name '
           'a dataset to evaluate on (e.g. shapes)')
+    if converted_config is None:
+      raise ValueError('converted_config: an export of a converted model is '
+                       'evaluated with a training config\'s data settings')
+    config = converted_config
     data_config = dataset_config(dataset, meta['mean'], meta['std'],
-                                 data_dir)
-    config = default_config.get_config()
+                                 data_dir, config.data)
   else:
     config = checkpoint.load_config(meta['source'])
     data_config = ml_collections.ConfigDict(config.data.to_dict())

@@ -95,20 +95,23 @@ def resolve_schedule(optim_config, *, num_train_steps: int,
   if not (_is_int(num_train_steps) and num_train_steps > 0):
     raise config_check.ConfigError(
         f'num_train_steps must be a positive int, got {num_train_steps!r}')
-  needs_epochs = c.warmup_epochs is not None or c.schedule == 'exponential'
+  # Absent in configs saved by earlier versions: config_check.
+  base_batch_size = c.get('base_batch_size')
+  warmup_epochs = c.get('warmup_epochs')
+  needs_epochs = warmup_epochs is not None or c.schedule == 'exponential'
   if needs_epochs and not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
     raise ValueError('steps_per_epoch must be a positive int for '
                      "optim.warmup_epochs or optim.schedule='exponential', "
                      f'got {steps_per_epoch!r}')
   lr = c.learning_rate
-  if c.base_batch_size is not None:
+  if base_batch_size is not None:
     if not (_is_int(batch_size) and batch_size > 0):
       raise ValueError('batch_size must be a positive int with '
                        f'optim.base_batch_size, got {batch_size!r}')
-    lr = c.learning_rate * batch_size / c.base_batch_size
+    lr = c.learning_rate * batch_size / base_batch_size
   warmup = c.warmup_steps
-  if c.warmup_epochs is not None:
-    warmup = int(c.warmup_epochs * steps_per_epoch)
+  if warmup_epochs is not None:
+    warmup = int(warmup_epochs * steps_per_epoch)
   decay_steps = None
   if c.schedule == 'exponential':
     decay_steps = max(1, int(c.decay_epochs * steps_per_epoch))

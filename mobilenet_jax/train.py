@@ -147,8 +147,9 @@ def describe_schedule(config: ml_collections.ConfigDict) -> str:
   epochs), 1251 steps per epoch, 437842 steps' for a resolved config."""
   o, s = config.optim, config.schedule
   scaling = (f' ({o.learning_rate:g} x {config.batch_size} / '
-             f'{o.base_batch_size})' if o.base_batch_size else '')
-  epochs = (f' ({o.warmup_epochs:g} epochs)' if o.warmup_epochs is not None
+             f'{o.base_batch_size})' if o.get('base_batch_size') else '')
+  epochs = (f' ({o.warmup_epochs:g} epochs)'
+            if o.get('warmup_epochs') is not None
             else '')
   return (f'learning rate {s.learning_rate:.6g}{scaling}, warm-up '
           f'{s.warmup_steps} steps{epochs}, {config.steps_per_epoch} steps '

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from configs import imagenet_mobilenet_v2
 from conftest import run_module
 from mobilenet_jax import bench
 
@@ -41,8 +42,9 @@ def test_bench_data_on_a_folder_of_jpegs_reports_cpu_per_image(tmp_path):
       image = rng.integers(0, 256, (60, 80, 3), np.uint8)
       tf.io.write_file(str(tmp_path / 'train' / label / f'{i}.jpg'),
                        tf.io.encode_jpeg(image))
-  report = bench.benchmark_data(f'folder:{tmp_path}', resolution=32,
-                                batch_size=4, steps=5, warmup=1)
+  report = bench.benchmark_data(
+      f'folder:{tmp_path}', config=imagenet_mobilenet_v2.get_config(),
+      resolution=32, batch_size=4, steps=5, warmup=1)
   assert report['resolution'] == 32 and report['antialias'] is False
   assert abs(report['img_per_sec'] - 4 / (report['step_ms_median'] / 1000)) < (
       1e-6 * report['img_per_sec'] + 1e-3)

@@ -193,18 +193,40 @@ def test_train_order_ignores_tensorflow_global_seed(files, request):
     tf.random.set_seed(None)
 
 
+def assert_resumes(config, fresh, start_steps, **kwargs):
+  """A train iterator started at each of `start_steps` yields `fresh`'s
+  batches from there on (3 compared)."""
+  for start_step in start_steps:
+    resumed = take(data.create_train_iterator(
+        config, start_step=start_step, **kwargs), 3)
+    for a, b in zip(fresh[start_step:], resumed):
+      np.testing.assert_array_equal(a['image'], b['image'])
+      np.testing.assert_array_equal(a['label'], b['label'])
+
+
 def test_train_resumes_exactly_across_epoch_boundaries(data_dir):
   config = make_config(data_dir)
   kwargs = dict(global_batch_size=6, resolution=24, seed=3)
   fresh = take(data.create_train_iterator(config, **kwargs), 72)
   # 200 examples in batches of 6: batch 33 holds examples 198..203, i.e. the
   # end of epoch 0 and the start of epoch 1; batch 68 starts in epoch 2.
-  for start_step in (33, 68):
-    resumed = take(data.create_train_iterator(
-        config, start_step=start_step, **kwargs), 4)
-    for a, b in zip(fresh[start_step:], resumed):
-      np.testing.assert_array_equal(a['image'], b['image'])
-      np.testing.assert_array_equal(a['label'], b['label'])
+  assert_resumes(config, fresh, (33, 68), **kwargs)
+
+
+def test_train_file_order_is_reshuffled_every_epoch_and_resumes(
+    sharded_data_dir):
+  # A one-example shuffle buffer keeps the read order: what differs between
+  # epochs is the order of the 8 files alone.
+  config = make_config(sharded_data_dir, cache=False, shuffle_buffer=1,
+                       **IDENTITY_CROP)
+  kwargs = dict(global_batch_size=8, resolution=SIDE, seed=0)
+  fresh = take(data.create_train_iterator(config, **kwargs), 75)
+  epochs = [[flip_key(image) for image in concat(fresh[i:i + 25], 'image')]
+            for i in (0, 25, 50)]  # three epochs of 200
+  assert all(sorted(keys) == sorted(epochs[0]) for keys in epochs)
+  assert len(set(epochs[0])) == 200
+  assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+  assert_resumes(config, fresh, (25, 52), **kwargs)
 
 
 def test_train_processes_read_disjoint_slices_covering_the_split(data_dir):

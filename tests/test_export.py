@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from conftest import run_module
 from mobilenet_jax import checkpoint
 from mobilenet_jax import data
@@ -241,11 +242,12 @@ def test_converted_model_exports_float_at_224_by_default(tmp_path,
   meta = export.export_tflite(
       str(tmp_path / 'converted'), int8_output, quantize='int8',
       resolution=32, calibration_examples=4, calibration_dataset='shapes/tiny',
-      data_dir=data_dir)
+      data_dir=data_dir, converted_config=default.get_config())
   assert (meta['calibration_dataset'], meta['calibration_examples'],
           meta['step']) == ('shapes/tiny', 4, None)
   result = litert.evaluate(int8_output, dataset='shapes/tiny',
-                           data_dir=data_dir)
+                           data_dir=data_dir,
+                           converted_config=default.get_config())
   assert (result['dataset'], result['split'], result['step'],
           result['quantization']) == ('shapes/tiny', 'test', None, 'int8')
   assert result['num_examples'] > 0 and 0 <= result['top1'] <= 1

@@ -267,14 +267,18 @@ def test_a_truncated_newest_checkpoint_is_corrupt_not_another_models(
     tmp_path, which):
   abstract = _truncated_checkpoints(tmp_path, which)
   manager = checkpoint.create_manager(str(tmp_path))
-  checkpoint.check_fits(manager, 2, abstract)  # no "another model" error
-  step, state = checkpoint.restore_latest(manager, abstract)
-  assert step == 1
-  np.testing.assert_array_equal(state['params']['w'], np.arange(1000.0))
-  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == [
-      '1', '2.unreadable']
-  # Readable metadata of other arrays is still another model's.
-  other = {'params': {'w': abstract['params']['w']}, 'step': abstract['step']}
-  with pytest.raises(ValueError, match=r'\(saved by another model or '
-                                       r'optimizer\): 1 arrays only in the'):
-    checkpoint.check_fits(manager, 1, other)
+  try:
+    checkpoint.check_fits(manager, 2, abstract)  # no "another model" error
+    step, state = checkpoint.restore_latest(manager, abstract)
+    assert step == 1
+    np.testing.assert_array_equal(state['params']['w'], np.arange(1000.0))
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == [
+        '1', '2.unreadable']
+    # Readable metadata of other arrays is still another model's.
+    other = {'params': {'w': abstract['params']['w']},
+             'step': abstract['step']}
+    with pytest.raises(ValueError, match=r'\(saved by another model or '
+                                         r'optimizer\): 1 arrays only in'):
+      checkpoint.check_fits(manager, 1, other)
+  finally:
+    manager.close()

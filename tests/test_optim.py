@@ -5,6 +5,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -62,6 +63,26 @@ def test_missing_field_raises_naming_it():
   del config['rmsprop_epsilon']
   with pytest.raises(ValueError, match=r'optim\.rmsprop_epsilon is not set'):
     optim.create_optimizer(config, 100, small_params(), steps_per_epoch=10)
+
+
+def test_config_saved_before_base_batch_and_warmup_epochs_builds():
+  """An old workdir's config.json has neither optim.base_batch_size nor
+  optim.warmup_epochs: the lr is absolute and the warm-up in steps."""
+  saved = make_config(learning_rate=0.4, warmup_steps=10,
+                      schedule='cosine').to_dict()
+  del saved['base_batch_size'], saved['warmup_epochs']
+  config = ml_collections.ConfigDict(saved)
+  resolved = optim.resolve_schedule(config, num_train_steps=110,
+                                    batch_size=4096)
+  assert resolved['learning_rate'] == 0.4
+  assert resolved['warmup_steps'] == 10
+  _, schedule = optim.create_optimizer(config, 110, small_params(),
+                                       batch_size=4096)
+  np.testing.assert_allclose(schedule(5), 0.4 * 5 / 10, rtol=1e-6)
+  del saved['warmup_steps']  # the other fields stay required
+  with pytest.raises(ValueError, match=r'optim\.warmup_steps is not set'):
+    optim.create_optimizer(ml_collections.ConfigDict(saved), 110,
+                           small_params())
 
 
 # ------------------------------------------------------------- schedules ---

@@ -2,6 +2,7 @@
 
 import pytest
 
+from configs import imagenet_mobilenet_v2
 from mobilenet_jax import bench
 from mobilenet_jax import step_profile
 
@@ -29,7 +30,8 @@ def test_layer_of(op_name, expected):
 @pytest.mark.parametrize('mode', ['train', 'infer'])
 def test_bench_trace_attributes_the_step_to_its_layers(mode, tmp_path):
   result = bench.benchmark_model(
-      'mobilenet_v2', alpha=0.35, resolution=32, batch_size=2, mode=mode,
+      'mobilenet_v2', config=imagenet_mobilenet_v2.get_config(), alpha=0.35,
+      resolution=32, batch_size=2, mode=mode,
       ops='cpu', steps=5, warmup=1, trace_dir=str(tmp_path))
   rows = {(row['pass'], row['layer']): row['ms_per_step']
           for row in result['layer_ms']}
