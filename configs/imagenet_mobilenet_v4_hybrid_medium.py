@@ -11,7 +11,9 @@ Left out (not implemented here): RandAugment (magnitude 15, probability
 Arguments: `:alpha=0.75,rho=1.0,t=0,epochs=500,batch_size=16384`.
 """
 
-from configs import imagenet_mobilenet_v4_conv_medium
+from mobilenet_jax import config_files
+imagenet_mobilenet_v4_conv_medium = config_files.sibling(
+    __file__, 'imagenet_mobilenet_v4_conv_medium')
 
 
 def get_config(arg=None):
