@@ -1,6 +1,7 @@
 r"""Export to LiteRT (TFLite): float, dynamic-range or full-integer int8.
 
-  python -m mobilenet_jax.export --source=DIR [--step=N] [--use_ema=true|false] \
+  python -m mobilenet_jax.export --source=DIR [--step=N] \
+      [--use_ema=true|false] \
       [--resolution=R] [--quantize=none|dynamic|int8] [--float_io] \
       [--calibration_examples=N] [--calibration_dataset=NAME] \
       --output=PATH.tflite
@@ -24,10 +25,11 @@ training split through its eval preprocessing, with int8 input and output
 needs one, with configs/default.py's preprocessing and [-1, 1] inputs.
 
 Writes PATH.tflite and PATH.json = {"model", "alpha", "expansion",
-"num_classes", "resolution", "mean", "std", "quantization", "float_io",
-"calibration_examples", "calibration_dataset", "source", "checkpoint",
-"step", "ema", "size_bytes", "op_counts"} (`step` None for a converted model), both via
-temporary files renamed at the end: an error writes nothing.
+"num_classes", "padding", "resolution", "mean", "std", "quantization",
+"float_io", "calibration_examples", "calibration_dataset", "source",
+"checkpoint", "step", "ema", "size_bytes", "op_counts"} (`step` None for a
+converted model), both via temporary files renamed at the end: an error
+writes nothing.
 """
 
 if __name__ == '__main__':
@@ -73,8 +75,8 @@ class Source:
   """Variables to export and what they were trained with.
 
   model_kwargs: `models.create_model` keywords (name, alpha, expansion,
-    num_classes, padding, bn_epsilon). data_config: the run's `config.data` (None for a
-    converted model). step: the checkpoint's step (None: converted).
+    num_classes, padding, bn_epsilon). data_config: the run's `config.data`
+    (None for a converted model). step: the checkpoint's step (None: converted).
   """
   model_kwargs: dict
   variables: dict

@@ -110,11 +110,11 @@ def test_pointwise_conv_bn_folds_expansions_and_matches_two_layers(
 
 # Every family at a tiny width and resolution, V1 with standard convolutions
 # and a minimal V3 included; the quickest to compile stays in the fast suite.
-FAMILIES = [pytest.param(name, marks=pytest.mark.slow) for name in (
-    'mobilenet_v1', 'mobilenet_v1_standard', 'mobilenet_v2',
-    'mobilenet_v3_large', 'mobilenet_v3_small', 'mobilenet_v4_conv_small',
-    'mobilenet_v4_conv_medium')] + [
-        'mobilenet_v3_small_minimal']
+FAMILIES = ('mobilenet_v1', 'mobilenet_v1_standard', 'mobilenet_v2',
+            'mobilenet_v3_large', 'mobilenet_v3_small',
+            'mobilenet_v4_conv_small', 'mobilenet_v4_conv_medium',
+            'mobilenet_v3_small_minimal')
+QUICK = 'mobilenet_v3_small_minimal'  # its eval check stays in the fast suite
 NUM_CLASSES = 5
 
 
@@ -162,10 +162,18 @@ def _assert_close_trees(got, want, what):
         err_msg=f'{what} {jax.tree_util.keystr(path)}')
 
 
-@pytest.mark.parametrize('train', [
-    pytest.param(True, id='train', marks=pytest.mark.slow),
-    pytest.param(False, id='eval')])
-@pytest.mark.parametrize('name', FAMILIES)
+# Training mode for every family but V4 Conv-M, whose training-mode
+# gradients at this size are ill-conditioned: a 1e-6 relative change of the
+# input moves the reference's own block_1 BatchNorm bias gradient by 0.02
+# (of 1.4), more than cpu and reference differ (0.008), which 1e-4 cannot
+# tell apart. Its layers are checked in training mode in Conv-S (UIB) and
+# the tiny net below (the FusedIB).
+@pytest.mark.parametrize('name, train', [
+    *[pytest.param(name, True, id=f'{name}-train', marks=pytest.mark.slow)
+      for name in FAMILIES if name != 'mobilenet_v4_conv_medium'],
+    *[pytest.param(name, False, id=f'{name}-eval',
+                   marks=() if name == QUICK else pytest.mark.slow)
+      for name in FAMILIES]])
 def test_cpu_op_set_equals_reference(name, train, padding='same'):
   reference, cpu = (models.create_model(name, alpha=0.35,
                                         num_classes=NUM_CLASSES, ops=ops,
@@ -193,7 +201,8 @@ def _assert_op_sets_agree(reference, cpu, size: int, train: bool):
 
 class _TinyNet(nn.Module):
   """Every kind of layer of the families, once, in a few small layers: a
-  stride-2 stem, V3's inverted residual (5x5 depthwise, stride 2, SE,
+  stride-2 stem, V4's fused inverted bottleneck (3x3 expansion conv, with a
+  shortcut), V3's inverted residual (5x5 depthwise, stride 2, SE,
   hard-swish), V2's with a shortcut, V1's separable pair, the pooled head."""
   ops: str
 
@@ -203,6 +212,8 @@ class _TinyNet(nn.Module):
     x = op_set.conv_bn(8, 3, 2, 'hard_swish', depthwise=False, name='stem',
                        bn_momentum=0.9, bn_epsilon=1e-3,
                        dtype=jnp.float32)(x, train)
+    x = blocks.FusedInvertedBottleneck(16, 8, kernel_size=3,
+                                       ops=op_set)(x, train)
     x = blocks.InvertedResidual(24, 16, kernel_size=5, strides=2,
                                 activation='hard_swish', se_features=8,
                                 ops=op_set)(x, train)

@@ -128,7 +128,8 @@ def test_int8_export_agrees_with_float_and_records_its_metadata(run,
   assert meta == json.loads((tmp_path / 'q.json').read_text())
   assert meta == {
       'model': 'mobilenet_v2', 'alpha': 0.35, 'expansion': None,
-      'num_classes': float_meta['num_classes'], 'resolution': 32,
+      'num_classes': float_meta['num_classes'], 'padding': 'same',
+      'resolution': 32,
       'mean': list(config.data.mean), 'std': list(config.data.std),
       'quantization': 'int8', 'float_io': False, 'calibration_examples': 32,
       'calibration_dataset': config.data.dataset,
