@@ -134,6 +134,7 @@ def test_tpu_config_trains_with_the_reference_op_set_in_bfloat16(tmp_path):
   config.data.dataset = 'cifar10'
   config.data.base_resolution = 32
   config.num_train_steps = 2
+  config.optim.warmup_epochs = None  # the recipe gives it in epochs
   config.optim.warmup_steps = 1
   config.log_every_steps = 1
   config.checkpoint_every_steps = 0
