@@ -70,22 +70,9 @@ def test_without_libtpu_the_command_says_how_to_get_it():
   assert result.stderr.strip() == f'error: {tpu_compile.INSTALL_HINT}'
 
 
-# `tpu_compile` with the network in plain Flax: no `low_precision_kwargs`
-# (every nn.Conv and nn.Dense as Flax builds it, bfloat16 weight gradients).
-PLAIN_FLAX = """
-from absl import app
-from mobilenet_jax import layers, models, tpu_compile
-models.low_precision_kwargs = layers.low_precision_kwargs = (
-    lambda dtype, dense=False: {})
-tpu_compile.define_flags()
-app.run(tpu_compile.main)
-"""
-
-
-def _tpu_compile(*flags, plain_flax=False):
-  """`python -m mobilenet_jax.tpu_compile *flags` (with `plain_flax`, of the
-  network in plain Flax) with a python that has libtpu (skips with the
-  reason when there is none)."""
+def _tpu_compile(*flags):
+  """`python -m mobilenet_jax.tpu_compile *flags` with a python that has
+  libtpu (skips with the reason when there is none)."""
   python = os.environ.get(TPU_PYTHON_VARIABLE)
   if python and not os.path.exists(python):
     pytest.skip(f'{TPU_PYTHON_VARIABLE}={python} does not exist (make '
@@ -100,9 +87,8 @@ def _tpu_compile(*flags, plain_flax=False):
   # its one-process-per-host lock and metadata-server queries are moot.
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
          'ALLOW_MULTIPLE_LIBTPU_LOAD': '1', 'TPU_SKIP_MDS_QUERY': '1'}
-  command = (['-c', PLAIN_FLAX] if plain_flax else
-             ['-m', 'mobilenet_jax.tpu_compile'])
-  return subprocess.run([python, *command, *flags], cwd=REPO, env=env,
+  return subprocess.run([python, '-m', 'mobilenet_jax.tpu_compile', *flags],
+                        cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=1800)
 
 
@@ -112,17 +98,19 @@ def test_tpu_config_v2_compiles_for_a_v5e_slice_as_a_tpu_wants():
   64 px and 8 images per chip (each fact below holds at full size too; see
   docs/performance.md), compiled for v5e:2x2; and beside it the same step
   with the network in plain Flax."""
-  def compile_report(*extra, plain_flax=False):
+  def compile_report(*extra):
     result = _tpu_compile(
         '--config=configs/tpu.py:recipe=imagenet_mobilenet_v2,alpha=0.35,'
         'batch_size=32', '--config.data.base_resolution=64',
-        '--topology=v5e:2x2', '--num_classes=10', '--json', *extra,
-        plain_flax=plain_flax)
+        '--topology=v5e:2x2', '--num_classes=10', '--json', *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
   report = compile_report()
-  plain = compile_report('--mode=train', plain_flax=True)
+  # The network in plain Flax (every nn.Conv and nn.Dense as Flax builds
+  # it, bfloat16 weight gradients).
+  plain = compile_report('--mode=train',
+                         '--config.model.float32_weight_grads=false')
   assert report['chips'] == 4 and report['batch_per_chip'] == 8
   assert report['ops'] == 'reference' and report['dtype'] == 'bfloat16'
   train, evaluation = report['train'], report['eval']
