@@ -177,6 +177,7 @@ def test_the_config_check_imports_no_library_and_holds_the_only_lists():
   assert optim.SCHEDULES is config_check.SCHEDULES
   assert optim.check_optim_config is config_check.check_optim_config
   assert ops.NAMES is config_check.OP_SET_NAMES
+  assert set(ops.NAMES) == {'auto', *ops.OP_SETS}
   assert models.REGISTRY is specs.ARCHITECTURES
   assert config_check.MODEL_NAMES == tuple(sorted(models.REGISTRY))
   assert models.MIN_RESOLUTION == config_check.MIN_RESOLUTION
