@@ -8,7 +8,6 @@
 """
 
 import json
-import logging as python_logging
 import os
 import re
 
@@ -56,26 +55,10 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return absolute_path(workdir) / CHECKPOINT_SUBDIR
 
 
-class _OrbaxErrorsWithoutTracebacks(python_logging.Filter):
-  """Drops the tracebacks of orbax's error records: a failed background
-  save logs the same error with a traceback from each of its threads (a
-  few hundred lines); `CheckpointWriteError` says it in one."""
-
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    if (record.levelno >= python_logging.ERROR and record.exc_info
-        and f'{os.sep}orbax{os.sep}' in record.pathname):
-      record.exc_info = record.exc_text = None
-    return True
-
-
-_ORBAX_ERRORS = _OrbaxErrorsWithoutTracebacks()
-
-
 def create_manager(workdir: str, keep: int | None = None,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A manager over WORKDIR/checkpoints, saving asynchronously, keeping the
   `keep` newest (all if None)."""
-  logging.get_absl_logger().addFilter(_ORBAX_ERRORS)  # once: a set
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=not read_only)

@@ -92,11 +92,14 @@ def usage_error(message: str):
 
 def _keep_record(record: std_logging.LogRecord) -> bool:
   """At the default verbosity: our own lines, and the libraries' warnings
-  and errors except HARMLESS_WARNINGS."""
+  and errors except HARMLESS_WARNINGS; without tracebacks: a failed
+  background save logs the same error with a traceback from each of
+  orbax's threads, `checkpoint.CheckpointWriteError` says it in one line."""
   if record.pathname.startswith(OUR_CODE):
     return True
   if record.levelno <= std_logging.INFO:
     return False
+  record.exc_info = record.exc_text = None
   return not (record.levelno == std_logging.WARNING and
               str(record.msg).startswith(HARMLESS_WARNINGS))
 
