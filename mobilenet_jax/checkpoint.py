@@ -84,9 +84,9 @@ def _write_error(manager: ocp.CheckpointManager, step: int | None,
     step = int(found[1]) if found else None
   if isinstance(error, OSError) and error.strerror:
     reason = f'[Errno {error.errno}] {error.strerror}'
-  else:  # tensorstore's "...: File too large [os_error_code='27']"
-    found = re.search(r":\s*([^:\[]+?)\s*\[os_error_code='(\d+)'\]", text)
-    reason = (f'[Errno {found[2]}] {found[1]}' if found
+  else:  # tensorstore's text holds "[os_error_code='27']" among others
+    found = re.search(r"\[os_error_code='?(\d+)'?\]", text)
+    reason = (f'[Errno {found[1]}] {os.strerror(int(found[1]))}' if found
               else ' '.join(text.split())[:300])
   directory = manager.directory
   if jax.process_index() == 0:
