@@ -68,9 +68,10 @@ def main(argv):
 def _exit_now():
   """Exits at once, status 0. train_and_evaluate has returned: its results,
   metrics and checkpoints are written and its checkpoint manager closed.
-  What a normal exit would still do is tear down tf.data's input threads,
-  which took 3-33 s (docs/performance.md, experiments/exit_delay.py) and
-  hold nothing of ours. Not under jax.distributed, whose shutdown at exit
+  What a normal exit would still do is wait for the training input's
+  close (train.train_and_evaluate) and tear down tf.data's and XLA's
+  threads: 3-33 s (docs/performance.md, experiments/exit_delay.py) for
+  nothing of ours. Not under jax.distributed, whose shutdown at exit
   the other processes wait for."""
   logging.flush()
   sys.stdout.flush()

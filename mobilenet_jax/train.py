@@ -342,6 +342,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if preempted:
         checkpoint.wait_until_saved(manager)
         preemption.saved_step = step
+        logging.info('stopped at step %d: its checkpoint is saved (%s); the '
+                     'same command resumes', step,
+                     checkpoint.checkpoint_path(workdir, step))
         return {'preempted': True, 'step': step}
       if _every(step, config.eval_every_steps) and not is_last:
         run_eval(step)
@@ -353,6 +356,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return result
   finally:
     preemption.restore()
+    # tf.data's destructor of the training input waits, GIL released, for
+    # its autotuning thread's next wake-up: up to a minute, in a third of
+    # the runs (docs/performance.md). Closed in a thread of its own, it no
+    # longer holds up the return (and a command's exit, main._exit_now).
+    threading.Thread(target=batches.close, name='close-train-input').start()
     try:
       checkpoint.close(manager)  # a failed save: CheckpointWriteError
     finally:

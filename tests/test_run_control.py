@@ -64,6 +64,10 @@ def test_ctrl_c_saves_at_the_next_step_and_exits_0(data_dir, tmp_path):
   saved = checkpoint.create_manager(str(tmp_path),
                                     read_only=True).latest_step()
   assert 40 <= saved < 2000
+  assert stderr.rstrip().endswith(
+      f'stopped at step {saved}: its checkpoint is saved '
+      f'({checkpoint.checkpoint_path(str(tmp_path), saved)}); the same '
+      'command resumes')
 
 
 def test_warmup_longer_than_the_run_is_clamped_to_a_tenth(data_dir):
