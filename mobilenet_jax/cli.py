@@ -17,6 +17,7 @@ An entry point calls `import_tensorflow_quietly()` before its first import
 that loads TensorFlow and ends with `cli.run(main)`.
 """
 
+import contextlib
 import logging as std_logging
 import os
 import re
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from typing import Callable
 
 from absl import app
 from absl import flags
@@ -60,28 +62,43 @@ def _verbosity_in_argv(argv) -> int:
   return 0
 
 
-def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow without its import-time C++ INFO lines (TF 2.21's
-  two libraries each print the oneDNN banner, whatever TF_CPP_MIN_LOG_LEVEL
-  says): its stderr is held while it loads and every other line is passed
-  on. Does nothing where TensorFlow is loaded or --verbosity >= 1. An
-  entry point calls it before its first import that loads TensorFlow."""
-  if 'tensorflow' in sys.modules or _verbosity_in_argv(sys.argv) >= 1:
+@contextlib.contextmanager
+def native_stderr_without(noise: Callable[[str], bool]):
+  """Holds file descriptor 2 while the block runs (C++ libraries write
+  there, past Python's logging) and then passes on every line that `noise`
+  does not match. Passes everything through at --verbosity >= 1."""
+  if _verbosity_in_argv(sys.argv) >= 1:
+    yield
     return
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as held:
     os.dup2(held.fileno(), 2)
     try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+      yield
     finally:
       os.dup2(saved, 2)
       os.close(saved)
       held.seek(0)
       for line in held.read().decode(errors='replace').splitlines(True):
-        if not (re.match(r'I\d{4} ', line) or
-                line.startswith(ABSL_PRE_INIT_WARNING)):
+        if not noise(line):
           sys.stderr.write(line)
+
+
+def _tensorflow_import_noise(line: str) -> bool:
+  return bool(re.match(r'I\d{4} ', line) or
+              line.startswith(ABSL_PRE_INIT_WARNING))
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow without its import-time C++ INFO lines (TF 2.21's
+  two libraries each print the oneDNN banner, whatever TF_CPP_MIN_LOG_LEVEL
+  says). Does nothing where TensorFlow is loaded. An entry point calls it
+  before its first import that loads TensorFlow."""
+  if 'tensorflow' in sys.modules:
+    return
+  with native_stderr_without(_tensorflow_import_noise):
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def usage_error(message: str):

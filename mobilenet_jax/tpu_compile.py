@@ -54,14 +54,24 @@ INSTALL_HINT = ("libtpu is not installed: pip install -e '.[tpu]' (the "
                 'libtpu that jax[tpu] pins for this jax)')
 
 
+def _libtpu_startup_noise(line: str) -> bool:
+  """What libtpu prints as it starts on a host without TPUs: it cannot
+  read the accelerator type and worker names from the VM's metadata, which
+  a compile for a named topology does not need."""
+  return any(text in line for text in (
+      'could not determine TPU', 'Logging before InitGoogle()',
+      '=== Source Location Trace', 'libtpu_init_utils.cc'))
+
+
 def topology_mesh(topology: str):
   """A one-axis data-parallel mesh over the chips of TPU `topology`."""
   # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies
   from mobilenet_jax import parallel
   try:
-    description = topologies.get_topology_desc(topology_name=topology,
-                                               platform='tpu')
+    with cli.native_stderr_without(_libtpu_startup_noise):
+      description = topologies.get_topology_desc(topology_name=topology,
+                                                 platform='tpu')
   except RuntimeError as e:
     raise config_check.ConfigError(
         f'topology must name a TPU slice, e.g. '
@@ -236,6 +246,10 @@ def main(argv):
     import libtpu  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     raise config_check.ConfigError(INSTALL_HINT) from None
+  cli.import_tensorflow_quietly()
+  # An executable compiled for a topology without its devices cannot be
+  # loaded from JAX's persistent cache (a warning per step on a hit).
+  jax.config.update('jax_enable_compilation_cache', False)
   report = compile_steps(FLAGS.config, FLAGS.topology, FLAGS.mode,
                          FLAGS.num_classes, FLAGS.train_examples)
   print(json.dumps(report) if FLAGS.json else format_report(report))
