@@ -24,7 +24,7 @@ training split through its eval preprocessing, with int8 input and output
 (its training split) to calibrate on; a converted model, which has no data,
 needs one, with configs/default.py's preprocessing and [-1, 1] inputs.
 
-Writes PATH.tflite and PATH.json = {"model", "alpha", "expansion",
+Writes PATH.tflite and, beside it, PATH.json = {"model", "alpha", "expansion",
 "num_classes", "padding", "resolution", "mean", "std", "quantization",
 "float_io", "calibration_examples", "calibration_dataset", "source",
 "checkpoint", "step", "ema", "size_bytes", "op_counts"} (`step` None for a
