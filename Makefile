@@ -10,6 +10,9 @@ TPU_VENV ?= .venv-tpu
 TPU_PY := $(TPU_VENV)/bin/python
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
+# pytest-xdist workers; the tests marked multiprocess share one of them.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist=loadgroup
 
 .PHONY: setup setup-tpu run test test-fast
 
@@ -37,7 +40,7 @@ run: setup
 	@ls $(WORKDIR)/eval
 
 test: setup setup-tpu
-	MOBILENET_JAX_TPU_PYTHON=$(abspath $(TPU_PY)) $(PY) -m pytest -q $(PYTEST_ARGS)
+	MOBILENET_JAX_TPU_PYTHON=$(abspath $(TPU_PY)) $(PYTEST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m 'not slow and not multiprocess' $(PYTEST_ARGS)
+	$(PYTEST) -m 'not slow and not multiprocess' $(PYTEST_ARGS)

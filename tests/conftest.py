@@ -35,6 +35,16 @@ os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), 'mobilenet_jax_test_xla_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
+
+def pytest_collection_modifyitems(items):
+  """Under pytest-xdist (`make test`), the tests that start several
+  processes run one after another on one worker (`--dist=loadgroup`), so
+  that at most one of them shares the cores with the other worker's test."""
+  for item in items:
+    if item.get_closest_marker('multiprocess'):
+      item.add_marker(pytest.mark.xdist_group('multiprocess'))
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DATASET = 'shapes/tiny'  # 32x32 images, 200 train / 75 test
 
